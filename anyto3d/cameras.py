@@ -157,11 +157,13 @@ class CameraBatch:
 
 
 def relative_camera(reference: CameraBatch, target: CameraBatch) -> torch.Tensor:
-    """Zero-1-to-3's relative camera [B, 4]: [Δelevation, sin Δazimuth, cos Δazimuth, Δradius].
+    """Zero-1-to-3's relative camera [B, 4]: [Δpolar, sin Δazimuth, cos Δazimuth, Δradius].
 
-    Δ is target minus reference (radians; radius in world units), as in the Zero-1-to-3 release.
+    Zero-1-to-3 measures the *polar* angle (90° − elevation), so its first component is
+    θ_target − θ_reference = elevation_reference − elevation_target. The other deltas are
+    target minus reference (radians; radius in world units), as in the release.
     """
-    d_el = target.elevation - reference.elevation
+    d_el = reference.elevation - target.elevation
     d_az = target.azimuth - reference.azimuth
     d_r = target.distance - reference.distance
     return torch.stack([d_el, torch.sin(d_az), torch.cos(d_az), d_r], dim=-1)

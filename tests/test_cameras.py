@@ -98,7 +98,8 @@ def test_relative_camera_zero123_layout():
     ref = C.CameraBatch.from_spherical(0.0, 0.0, 2.5, 0.7)
     tgt = C.CameraBatch.from_spherical(0.2, math.pi / 2, 2.0, 0.7)
     rel = C.relative_camera(ref, tgt)[0]
-    assert torch.allclose(rel, torch.tensor([0.2, 1.0, 0.0, -0.5]), atol=1e-6)
+    # Camera raised by 0.2 rad -> polar angle shrinks: first component -0.2.
+    assert torch.allclose(rel, torch.tensor([-0.2, 1.0, 0.0, -0.5]), atol=1e-6)
 
 
 def test_lights_near_camera_and_seeded():

@@ -97,7 +97,7 @@ class Prior(nn.Module, ABC):
     #: "epsilon" or "v_prediction": what the underlying network outputs.
     prediction_type: str = "epsilon"
     #: Resolution (pixels) images are resized to before encoding.
-    image_size: int = 32
+    image_size: int | tuple[int, int] = 32
 
     def __init__(self, schedule: NoiseSchedule):
         super().__init__()
