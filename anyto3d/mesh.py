@@ -110,8 +110,14 @@ class Mesh:
 
     @classmethod
     def from_trimesh(cls, tm, dtype=torch.float32) -> "Mesh":
-        colors = None
-        vc = getattr(getattr(tm, "visual", None), "vertex_colors", None)
-        if vc is not None and len(vc) == len(tm.vertices) and getattr(tm.visual, "kind", None) == "vertex":
+        colors = uv = uv_faces = None
+        visual = getattr(tm, "visual", None)
+        kind = getattr(visual, "kind", None)
+        faces = torch.as_tensor(tm.faces, dtype=torch.long)
+        vc = getattr(visual, "vertex_colors", None)
+        if kind == "vertex" and vc is not None and len(vc) == len(tm.vertices):
             colors = torch.as_tensor(vc[:, :3] / 255.0, dtype=dtype)
-        return cls(torch.as_tensor(tm.vertices, dtype=dtype), torch.as_tensor(tm.faces, dtype=torch.long), colors)
+        if kind == "texture" and getattr(visual, "uv", None) is not None and len(visual.uv) == len(tm.vertices):
+            # trimesh keeps one UV per vertex (seams split), so the UV faces are the faces.
+            uv, uv_faces = torch.as_tensor(visual.uv, dtype=dtype), faces
+        return cls(torch.as_tensor(tm.vertices, dtype=dtype), faces, colors, uv, uv_faces)

@@ -271,6 +271,29 @@ def export_ply(path: str | os.PathLike, mesh: Mesh, texture: torch.Tensor | np.n
 EXPORTERS = {"glb": export_glb, "obj": export_obj, "ply": export_ply}
 
 
+def load_mesh(path: str | os.PathLike) -> tuple[Mesh, torch.Tensor | None]:
+    """Read a file written by the exporters back into the project's frame (z-up).
+
+    Returns the mesh (with ``uv``/``uv_faces`` when textured, vertex colours otherwise) and the
+    base-colour texture [H, W, 3] in [0, 1] or ``None``.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no mesh file at {str(path)!r}")
+    tm = trimesh.load(path, force="mesh", process=False)
+    mesh = Mesh.from_trimesh(tm)
+    if path.suffix.lower() == ".glb":
+        mesh.vertices = torch.as_tensor(yup_to_zup(mesh.vertices.numpy()), dtype=torch.float32)
+    texture = None
+    material = getattr(tm.visual, "material", None) if getattr(tm.visual, "kind", None) == "texture" else None
+    image = getattr(material, "baseColorTexture", None) or getattr(material, "image", None)
+    if image is not None:
+        texture = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32) / 255.0
+    return mesh, texture
+
+
 def export_mesh(path: str | os.PathLike, mesh: Mesh, texture=None) -> Path:
     """Dispatch on the file extension (.glb, .obj, .ply)."""
     suffix = Path(path).suffix.lower().lstrip(".")
@@ -285,6 +308,7 @@ __all__ = [
     "export_mesh",
     "export_obj",
     "export_ply",
+    "load_mesh",
     "sample_texture",
     "split_uv_seams",
     "texture_to_uint8",

@@ -42,6 +42,18 @@ class MeshRendererConfig:
     backend: str = "auto"
 
 
+def sample_texture_bilinear(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Differentiable bilinear lookup of ``texture`` [S_h, S_w, C] at ``uv`` [..., 2] -> [..., C].
+
+    Same convention as the exporters (``anyto3d.export.mesh_export.sample_texture``): texel
+    (row r, column c) is centred at u = (c + 0.5)/W, v = 1 − (r + 0.5)/H; borders clamp.
+    """
+    grid = torch.stack([uv[..., 0] * 2 - 1, 1 - uv[..., 1] * 2], dim=-1).reshape(1, -1, 1, 2)
+    image = texture.permute(2, 0, 1).unsqueeze(0)
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, :, 0].t().reshape(*uv.shape[:-1], texture.shape[-1])
+
+
 class MeshRenderer:
     """Rasterises triangle meshes in the project's camera convention (``anyto3d/cameras.py``)."""
 
@@ -61,11 +73,14 @@ class MeshRenderer:
         color_fn: ColorFn | None = None,
         background: Background = None,
         lights: LightBatch | None = None,
+        texture: torch.Tensor | None = None,
     ) -> RenderOutput:
         """Render ``mesh`` from every camera of ``cameras`` at ``height`` x ``width``.
 
         * Albedo: ``color_fn(points [N, 3]) -> [N, 3]`` at the surface points of covered pixels
-          only; else the interpolated ``mesh.colors``; else white.
+          only; else ``texture`` [S, S, 3] looked up bilinearly at the interpolated ``mesh.uv``
+          (OBJ convention: v up, row 0 is v = 1; needs ``mesh.uv``); else the interpolated
+          ``mesh.colors``; else white.
         * ``background``: a colour [3], a function of the unit view directions [B, H, W, 3]
           returning [B, H, W, 3], or ``None`` for white (as ``normal_image``'s default).
         * ``rgb`` is the shaded foreground composited over the background; ``opacity`` the
@@ -89,7 +104,7 @@ class MeshRenderer:
         normal = F.normalize(interpolate(mesh.vertex_normals(), rast, faces), dim=-1) * mask
         depth = (points - cameras.position.view(-1, 1, 1, 3)).norm(dim=-1, keepdim=True) * mask
 
-        albedo = self._albedo(mesh, rast, faces, points, covered, color_fn)
+        albedo = self._albedo(mesh, rast, faces, points, covered, color_fn, texture)
         if self.cfg.shading == "normal":
             shaded = (normal + 1) / 2
         elif self.cfg.shading == "lambertian":
@@ -109,7 +124,7 @@ class MeshRenderer:
         return RenderOutput(rgb=rgb, opacity=opacity, depth=depth, normal=normal, mesh=mesh)
 
     @staticmethod
-    def _albedo(mesh, rast, faces, points, covered, color_fn) -> torch.Tensor:
+    def _albedo(mesh, rast, faces, points, covered, color_fn, texture=None) -> torch.Tensor:
         if color_fn is not None:
             index = torch.nonzero(covered.reshape(-1)).squeeze(-1)
             colors = color_fn(points.reshape(-1, 3)[index])
@@ -117,6 +132,12 @@ class MeshRenderer:
                 raise InputError(f"color_fn must map [N, 3] points to [N, 3] colours, got {tuple(colors.shape)}")
             flat = colors.new_zeros(points.numel() // 3, 3).index_copy(0, index, colors)
             return flat.view_as(points)
+        if texture is not None:
+            if mesh.uv is None:
+                raise InputError("a texture needs a mesh with UV coordinates (mesh.uv)")
+            uv_faces = mesh.uv_faces if mesh.uv_faces is not None else faces
+            uv = interpolate(mesh.uv.to(points), rast, uv_faces)
+            return sample_texture_bilinear(texture.to(points), uv)
         if mesh.colors is not None:
             return interpolate(mesh.colors.to(points), rast, faces)
         return torch.ones_like(points)
@@ -137,4 +158,4 @@ class MeshRenderer:
         return background
 
 
-__all__ = ["MeshRenderer", "MeshRendererConfig", "SHADINGS"]
+__all__ = ["MeshRenderer", "MeshRendererConfig", "SHADINGS", "sample_texture_bilinear"]
