@@ -1,0 +1,78 @@
+"""The standard diffusion training objective, for the VSD LoRA step and the tiny zoo's priors.
+
+``diffusion_loss`` is the DDPM "simple" loss on the network's *raw* output: the noise ε for an
+ε-prediction prior, the velocity v = √ᾱ ε − √(1−ᾱ) z0 for a v-prediction prior (4D-fy Eq. 5
+writes the ε form; its released LoRA model is v-prediction and trains on v).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from anyto3d.errors import InputError
+from anyto3d.priors.base import Condition, Prior, repeat_condition
+
+
+def drop_condition(prior: Prior, cond: Condition, p: float, generator: torch.Generator | None = None) -> Condition:
+    """Replace each item's condition by the prior's null condition with probability ``p``.
+
+    Classifier-free-guidance training (the null condition is what ``prior.unconditional`` gives:
+    zeros for the pixel prior, the zero camera for the VSD LoRA model).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"condition dropout probability must be in [0, 1], got {p}")
+    if p == 0.0:
+        return cond
+    null = prior.unconditional(cond)
+    B = next(iter(cond.values())).shape[0]
+    drop = torch.rand(B, generator=generator) < p
+    out = {}
+    for key, value in cond.items():
+        mask = drop.to(value.device).view(B, *([1] * (value.dim() - 1)))
+        out[key] = torch.where(mask, null[key].to(value), value)
+    return out
+
+
+def diffusion_target(prior: Prior, z0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the raw network should output: ε, or v = √ᾱ ε − √(1−ᾱ) z0."""
+    if prior.prediction_type == "epsilon":
+        return noise
+    if prior.prediction_type == "v_prediction":
+        a = prior.schedule.alpha_bar(t, z0)
+        return a.sqrt() * noise - (1 - a).sqrt() * z0
+    raise InputError(f"unsupported prediction_type {prior.prediction_type!r}")
+
+
+def diffusion_loss(
+    prior: Prior,
+    z0: torch.Tensor,
+    cond: Condition,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mean-squared error of the prior's raw output against ε (or v) at z_t = √ᾱ z0 + √(1−ᾱ) ε.
+
+    ``t`` defaults to one uniform draw from [0, T) per item; ``noise`` to N(0, I). ``z0`` is
+    treated as data (detach it when it comes from a render). Gradients flow into the prior.
+    """
+    B = z0.shape[0]
+    T = prior.schedule.num_timesteps
+    if t is None:
+        t = torch.randint(0, T, (B,), generator=generator)
+    t = torch.as_tensor(t).reshape(-1).long().to(z0.device)
+    if t.numel() == 1:
+        t = t.expand(B)
+    if t.numel() != B:
+        raise InputError(f"got {t.numel()} timesteps for a batch of {B}")
+    if bool((t < 0).any()) or bool((t >= T).any()):
+        raise InputError(f"timesteps must lie in [0, {T}), got {t.unique().tolist()}")
+    if noise is None:
+        noise = torch.randn(z0.shape, generator=generator, dtype=z0.dtype).to(z0.device)
+    z_t = prior.schedule.add_noise(z0, noise, t)
+    out = prior.forward_model(z_t, t, repeat_condition(cond, B))
+    return F.mse_loss(out, diffusion_target(prior, z0, noise, t))
+
+
+__all__ = ["diffusion_loss", "diffusion_target", "drop_condition"]
