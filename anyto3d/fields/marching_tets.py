@@ -15,8 +15,6 @@ counter-clockwise seen from outside (normals point from sdf < 0 toward sdf >= 0)
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from anyto3d.errors import InputError

@@ -29,7 +29,6 @@ from anyto3d.losses.sds import (
     finish_gradient,
     gradient_as_loss,
     gradient_diagnostics,
-    guided_noise_and_conditional,
     render_to_latents,
     rescale_x0_std,
     timestep_weight,
@@ -173,7 +172,7 @@ def consistency_distillation(
         s1, s2 = schedule.sigma_ve(t1, z), schedule.sigma_ve(t2, z)
         z_t1 = z.detach() + s1 * eps_star  # VE
         vp_t1 = z_t1 / (1 + s1**2).sqrt()
-        eps1, eps1_cond = guided_noise_and_conditional(prior, vp_t1, t1, cond, guidance_scale)
+        eps1, eps1_cond = prior.guided_noise(vp_t1, t1, cond, guidance_scale, return_conditional=True)
         eps1_tilde = eps1
         if x0_std_rescale:
             a1 = schedule.alpha_bar(t1, z)

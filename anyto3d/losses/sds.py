@@ -32,7 +32,7 @@ import torch
 
 from anyto3d.errors import InputError
 from anyto3d.images import renderer_to_prior
-from anyto3d.priors.base import Condition, Prior, concat_conditions, classifier_free_guidance, repeat_condition
+from anyto3d.priors.base import Condition, Prior, repeat_condition
 
 Weighting = Literal["sds", "uniform", "fantasia3d"]
 WEIGHTINGS = ("sds", "uniform", "fantasia3d")
@@ -112,19 +112,6 @@ def finish_gradient(grad: torch.Tensor, grad_clip: float | None) -> torch.Tensor
             raise InputError(f"grad_clip must be positive or None, got {grad_clip}")
         grad = grad.clamp(-grad_clip, grad_clip)
     return grad
-
-
-def guided_noise_and_conditional(
-    prior: Prior, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CFG ε, conditional ε) from one batched call, for the std rescale toward the non-CFG x0."""
-    if guidance_scale == 1.0:
-        eps = prior.predict_noise(z_t, t, cond)
-        return eps, eps
-    both = concat_conditions(cond, prior.unconditional(cond))
-    eps = prior.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), both)
-    eps_c, eps_u = eps.chunk(2)
-    return classifier_free_guidance(eps_u, eps_c, guidance_scale), eps_c
 
 
 def rescale_x0_std(x0: torch.Tensor, x0_reference: torch.Tensor, strength: float, group: int = 1) -> torch.Tensor:
@@ -437,7 +424,7 @@ def multiview_sds(
     cond = batch_condition(cond, B)
     with torch.no_grad():
         z_t = prior.schedule.add_noise(z.detach(), noise, t_b)
-        eps, eps_c = guided_noise_and_conditional(prior, z_t, t_b, cond, guidance_scale)
+        eps, eps_c = prior.guided_noise(z_t, t_b, cond, guidance_scale, return_conditional=True)
         x0 = prior.schedule.predict_x0(z_t, eps, t_b)
         if recon_std_rescale:
             x0 = rescale_x0_std(x0, prior.schedule.predict_x0(z_t, eps_c, t_b), recon_std_rescale, group=n_views)

@@ -136,12 +136,20 @@ class Prior(nn.Module, ABC):
             raise ValueError(f"unsupported prediction_type {self.prediction_type!r}")
         return out
 
-    def guided_noise(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float) -> torch.Tensor:
-        """CFG noise prediction, conditional and unconditional branches in one batch."""
+    def guided_noise(
+        self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition, guidance_scale: float, return_conditional: bool = False
+    ):
+        """CFG noise prediction, conditional and unconditional branches in one batch.
+
+        With ``return_conditional`` also returns the conditional ε (MVDream SDS and CDS rescale
+        the x0 std toward the non-CFG prediction).
+        """
         if guidance_scale == 1.0:
-            return self.predict_noise(z_t, t, cond)
+            eps = self.predict_noise(z_t, t, cond)
+            return (eps, eps) if return_conditional else eps
         t = t.to(z_t.device).long().reshape(-1).expand(z_t.shape[0])
         both = concat_conditions(cond, self.unconditional(cond))
         eps = self.predict_noise(torch.cat([z_t, z_t]), torch.cat([t, t]), both)
         eps_c, eps_u = eps.chunk(2)
-        return classifier_free_guidance(eps_u, eps_c, guidance_scale)
+        guided = classifier_free_guidance(eps_u, eps_c, guidance_scale)
+        return (guided, eps_c) if return_conditional else guided
