@@ -1,0 +1,130 @@
+"""The tiny judge: labels, metrics against hand-computed values, a real tiny training, weights."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.zoo.dataset import TINY, render_dataset
+from anyto3d.zoo.judge import (
+    HEADS,
+    IGNORE,
+    JudgeConfig,
+    TinyJudge,
+    accuracy,
+    object_for_caption,
+    object_labels,
+    view_labels,
+)
+from anyto3d.zoo.splits import is_heldout
+from anyto3d.zoo.train_encoders import (
+    JudgeTrainConfig,
+    evaluate_judge,
+    load_views,
+    train_judge,
+)
+from anyto3d.zoo.world import WorldObject
+
+SMALL = JudgeConfig(channels=(8, 16, 32), hidden=64)
+TRAIN_IDS = ("house-orange", "arrow-blue", "cube-red")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    objs = [WorldObject.from_id(i) for i in TRAIN_IDS]
+    assert not any(is_heldout(o) for o in objs)
+    root = tmp_path_factory.mktemp("judge_data")
+    render_dataset(objs, 32, root / "train", cfg=TINY, seed=0)
+    render_dataset(objs, 16, root / "eval", cfg=TINY, seed=7)
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("judge_model")
+    train_judge(data / "train", out, steps=250, seed=1, cfg=SMALL,
+                train=JudgeTrainConfig(batch_size=32, checkpoint_every=100), progress=False)
+    return TinyJudge.from_pretrained(out), out
+
+
+def test_labels_of_objects_and_views():
+    comp = WorldObject.from_id("cone-red.on.cube-blue")
+    lab = object_labels(comp)
+    assert HEADS["shape"][lab["shape"]] == "cone" and HEADS["color"][lab["color"]] == "red"
+    assert HEADS["relation"][lab["relation"]] == "on"
+    assert HEADS["part_shape"][lab["part_shape"]] == "cube" and HEADS["second_color"][lab["second_color"]] == "blue"
+    house = object_labels(WorldObject.from_id("house-red"))
+    assert HEADS["second_color"][house["second_color"]] == "blue"  # the roof (SECONDARY["red"])
+    assert HEADS["relation"][house["relation"]] == "none"
+    views = view_labels([WorldObject.from_id("house-red"), WorldObject.from_id("sphere-red")], np.array([2, 0]))
+    assert views["facing"].tolist() == [2, IGNORE]  # a sphere has no front
+
+
+def test_forward_gives_probabilities_per_head():
+    judge = TinyJudge(SMALL).eval()
+    probs = judge.classify(torch.rand(3, 48, 48, 3))
+    assert set(probs) == set(HEADS)
+    for h, p in probs.items():
+        assert p.shape == (3, len(HEADS[h]))
+        assert torch.allclose(p.sum(-1), torch.ones(3), atol=1e-5)
+    with pytest.raises(InputError):
+        judge(torch.rand(3, 32, 32))
+
+
+def test_accuracy_skips_views_where_a_head_does_not_apply():
+    probs = {"facing": torch.tensor([[0.9, 0.05, 0.05], [0.1, 0.2, 0.7], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1]])}
+    labels = {"facing": torch.tensor([0, 2, 2, IGNORE])}
+    assert accuracy(probs, labels) == {"facing": pytest.approx(2 / 3)}
+    assert accuracy(probs, {"facing": torch.full((4,), IGNORE)}) == {}
+
+
+def test_clip_like_is_the_log_likelihood_of_the_candidates_attributes(monkeypatch):
+    judge = TinyJudge(SMALL)
+    candidates = [WorldObject.from_id("cube-red"), WorldObject.from_id("cone-blue")]
+    probs = {h: torch.full((1, len(c)), 1.0 / len(c)) for h, c in HEADS.items()}
+    probs["shape"] = torch.zeros(1, len(HEADS["shape"]))
+    probs["shape"][0, HEADS["shape"].index("cube")] = 0.8
+    probs["shape"][0, HEADS["shape"].index("cone")] = 0.2
+    monkeypatch.setattr(judge, "classify", lambda images: probs)
+    scores = judge.clip_like(torch.rand(1, 32, 32, 3), candidates)
+    rest = sum(math.log(1.0 / len(HEADS[h])) for h in ("color", "orientation", "relation", "second_color", "part_shape"))
+    assert scores[0].tolist() == pytest.approx([math.log(0.8) + rest, math.log(0.2) + rest], rel=1e-5)
+    assert object_for_caption("a red cone on a blue cube").id == "cone-red.on.cube-blue"
+    with pytest.raises(InputError):
+        object_for_caption("a zebra")
+
+
+def test_tiny_training_learns_shape_colour_and_front_versus_back(trained, data):
+    judge, _ = trained
+    metrics = evaluate_judge(judge, data / "eval", split="all")
+    assert metrics["shape"] >= 0.8 and metrics["color"] >= 0.8, metrics  # chance 1/13 and 1/8
+    # Front versus back of the asymmetric objects (house, arrow), on views never trained on.
+    views = load_views(data / "eval", "all")
+    asym = np.array([views.objects[i].has_front for i in views.object_index])
+    keep = asym & (views.facing != 1)
+    p = judge.classify(views.rgb[keep])["facing"]
+    predicted_back = p[:, 2] > p[:, 0]
+    truth_back = torch.as_tensor(views.facing[keep] == 2)
+    assert keep.sum() >= 8
+    assert (predicted_back == truth_back).float().mean() >= 0.75
+
+
+def test_save_and_load_round_trip_gives_identical_outputs(trained, tmp_path):
+    judge, _ = trained
+    judge.save_pretrained(tmp_path / "copy")
+    again = TinyJudge.from_pretrained(tmp_path / "copy")
+    img = torch.rand(4, 32, 32, 3)
+    a, b = judge.classify(img), again.classify(img)
+    assert all(torch.equal(a[h], b[h]) for h in HEADS)
+    with pytest.raises(MissingWeightsError, match="config.json"):
+        TinyJudge.from_pretrained(tmp_path / "nothing")
