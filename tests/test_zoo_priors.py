@@ -1,0 +1,456 @@
+"""The tiny world's priors (anyto3d.zoo.priors) and their training loops (anyto3d.zoo.train_priors)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anyto3d.cameras import (
+    PRESETS,
+    relative_camera,
+    sample_cameras,
+    sample_multiview_cameras,
+)
+from anyto3d.errors import InputError
+from anyto3d.losses.diffusion import diffusion_loss
+from anyto3d.zoo.dataset import DatasetConfig, render_dataset
+from anyto3d.zoo.priors import (
+    TinyImagePrior,
+    TinyMultiViewPrior,
+    TinyNovelViewPrior,
+    TinyVideoPrior,
+    WorldCodeEmbedding,
+    load_tiny_prior,
+    noise_augment_embedding,
+)
+from anyto3d.zoo.train_priors import (
+    TrainConfig,
+    judge_samples,
+    load_view_images,
+    reconstruction_error,
+    sample_sheet,
+    train_prior,
+    world_view_embeddings,
+)
+from anyto3d.zoo.world import WorldObject
+
+OBJECTS = [
+    WorldObject.single("cube", "red"),
+    WorldObject.single("sphere", "blue"),
+    WorldObject.single("cone", "green"),
+    WorldObject.single("cylinder", "yellow"),
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def views_dir(tmp_path_factory):
+    """4 objects × 32 views at 16², in MVDream-style groups of 4."""
+    out = tmp_path_factory.mktemp("views")
+    cfg = DatasetConfig(
+        resolution=16, captions_per_object=2, views_per_group=4, lighting="headlight"
+    )
+    render_dataset(OBJECTS, 32, out, cfg=cfg, seed=0)
+    return out
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _image_case(prior, b=2, seed=0):
+    g = _gen(seed)
+    cond = prior.build_condition(
+        torch.randn(b, prior.config.embedding_dim, generator=g)
+    )
+    z = torch.randn(b, 3, 16, 16, generator=g)
+    return (
+        z,
+        cond,
+        lambda: prior.build_condition(
+            torch.randn(b, prior.config.embedding_dim, generator=g)
+        ),
+    )
+
+
+def _novel_case(prior, b=2, seed=0):
+    g = _gen(seed)
+    ref = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
+    rel = relative_camera(
+        sample_cameras(PRESETS["xbind_phase_i"], b, g),
+        sample_cameras(PRESETS["xbind_phase_i"], b, g),
+    )
+    cond = prior.build_condition(reference_image=ref, relative_camera=rel)
+    z = torch.randn(b, 3, 16, 16, generator=g)
+    other = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1
+    return (
+        z,
+        cond,
+        lambda: prior.build_condition(reference_image=other, relative_camera=rel),
+    )
+
+
+def _multiview_case(prior, b=2, seed=0):
+    g = _gen(seed)
+    cams = torch.cat(
+        [sample_multiview_cameras(PRESETS["fourdfy"], 4, g).c2w for _ in range(b)]
+    )
+    cond = prior.build_condition(
+        torch.randn(b, prior.config.embedding_dim, generator=g), cams
+    )
+    z = torch.randn(4 * b, 3, 16, 16, generator=g)
+    return (
+        z,
+        cond,
+        lambda: prior.build_condition(
+            torch.randn(b, prior.config.embedding_dim, generator=g), cams
+        ),
+    )
+
+
+def _video_case(prior, b=2, seed=0):
+    g = _gen(seed)
+    cond = prior.build_condition(
+        torch.randn(b, prior.config.embedding_dim, generator=g)
+    )
+    z = torch.randn(b, 3, prior.config.num_frames, 16, 16, generator=g)
+    return (
+        z,
+        cond,
+        lambda: prior.build_condition(
+            torch.randn(b, prior.config.embedding_dim, generator=g)
+        ),
+    )
+
+
+CASES = {
+    "prior2d": (TinyImagePrior, _image_case),
+    "novelview": (TinyNovelViewPrior, _novel_case),
+    "multiview": (TinyMultiViewPrior, _multiview_case),
+    "video": (TinyVideoPrior, _video_case),
+}
+
+
+def _randomise(prior, seed=1):
+    """Fresh diffusers UNets zero their output conv; give every weight a value so outputs depend on inputs."""
+    g = _gen(seed)
+    with torch.no_grad():
+        for p in prior.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return prior.eval()
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_prior_interface_shapes_cfg_condition_and_round_trip(kind, tmp_path):
+    cls, case = CASES[kind]
+    prior = _randomise(cls.build_tiny("test"))
+    z, cond, other_cond = case(prior)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        eps = prior.predict_noise(z, t, cond)
+        assert eps.shape == z.shape and torch.isfinite(eps).all()
+        # CFG in the standard form ε_u + s(ε_c − ε_u)
+        eps_u = prior.predict_noise(z, t, prior.unconditional(cond))
+        guided = prior.guided_noise(z, t, cond, 4.0)
+        torch.testing.assert_close(
+            guided, eps_u + 4.0 * (eps - eps_u), atol=1e-5, rtol=1e-4
+        )
+        # the condition matters
+        assert (prior.predict_noise(z, t, other_cond()) - eps).abs().max() > 1e-3
+        assert (eps_u - eps).abs().max() > 1e-3
+    prior.save_pretrained(tmp_path / kind)
+    loaded = load_tiny_prior(tmp_path / kind)
+    assert type(loaded) is cls
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.predict_noise(z, t, cond), eps, atol=0, rtol=0
+        )
+
+
+def test_novel_view_relative_camera_changes_the_output():
+    prior = _randomise(TinyNovelViewPrior.build_tiny("test"))
+    ref = torch.rand(1, 3, 16, 16, generator=_gen(3)) * 2 - 1
+    front = torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    back = torch.tensor([[0.0, 0.0, -1.0, 0.0]])  # Δazimuth = 180°
+    z = torch.randn(1, 3, 16, 16, generator=_gen(4))
+    with torch.no_grad():
+        e_front = prior.predict_noise(
+            z,
+            torch.tensor([400]),
+            prior.build_condition(reference_image=ref, relative_camera=front),
+        )
+        e_back = prior.predict_noise(
+            z,
+            torch.tensor([400]),
+            prior.build_condition(reference_image=ref, relative_camera=back),
+        )
+    assert (e_front - e_back).abs().mean() > 1e-3
+    with pytest.raises(InputError):
+        prior.build_condition(reference_image=ref, relative_camera=torch.zeros(1, 3))
+
+
+def test_multiview_views_interact_within_their_group_only():
+    prior = _randomise(TinyMultiViewPrior.build_tiny("test"))
+    z, cond, _ = _multiview_case(prior, b=2)
+    t = torch.tensor([300])
+    with torch.no_grad():
+        base = prior.predict_noise(z, t, cond)
+        z2 = z.clone()
+        z2[1] += torch.randn(
+            z2[1].shape, generator=_gen(9)
+        )  # change view 1 of object 0
+        moved = prior.predict_noise(z2, t, cond)
+    assert (moved[0] - base[0]).abs().max() > 1e-4  # view 0 sees view 1 (same object)
+    torch.testing.assert_close(
+        moved[4:], base[4:], atol=1e-5, rtol=0
+    )  # object 1's views do not
+    with pytest.raises(InputError):
+        prior.build_condition(
+            torch.zeros(1, prior.config.embedding_dim), torch.eye(4).repeat(3, 1, 1)
+        )
+
+
+def test_video_frames_interact():
+    prior = _randomise(TinyVideoPrior.build_tiny("test"))
+    z, cond, _ = _video_case(prior, b=2)
+    t = torch.tensor([300])
+    with torch.no_grad():
+        base = prior.predict_noise(z, t, cond)
+        z2 = z.clone()
+        z2[0, :, 0] += torch.randn(
+            z2[0, :, 0].shape, generator=_gen(5)
+        )  # change frame 0 of clip 0
+        moved = prior.predict_noise(z2, t, cond)
+    assert (
+        moved[0, :, -1] - base[0, :, -1]
+    ).abs().max() > 1e-4  # the last frame sees the first
+    torch.testing.assert_close(
+        moved[1], base[1], atol=1e-5, rtol=0
+    )  # other clips do not
+
+
+def test_noise_augmentation_levels():
+    e = torch.nn.functional.normalize(torch.randn(3, 16, generator=_gen(0)), dim=-1)
+    torch.testing.assert_close(noise_augment_embedding(e, torch.zeros(3), _gen(1)), e)
+    # ℓ = 1: pure noise at the embedding's norm, whatever the embedding was
+    f = torch.nn.functional.normalize(torch.randn(3, 16, generator=_gen(2)), dim=-1)
+    torch.testing.assert_close(
+        noise_augment_embedding(e, 1.0, _gen(1)),
+        noise_augment_embedding(f, 1.0, _gen(1)),
+    )
+    # ℓ = 1/2: equal parts signal and noise (cos 45° = √½ of the signal)
+    pure = noise_augment_embedding(e, 1.0, _gen(1))
+    half = noise_augment_embedding(e, 0.5, _gen(1))
+    torch.testing.assert_close(
+        half, np.sqrt(0.5) * e + np.sqrt(0.5) * pure, atol=1e-5, rtol=1e-4
+    )
+    prior = TinyImagePrior.build_tiny("test")
+    cond = prior.build_condition(e[:, :8], noise_level=0.3, generator=_gen(0))
+    assert cond["noise_level"].tolist() == pytest.approx([0.3] * 3)
+    assert prior.unconditional(cond)["noise_level"].abs().sum() == 0
+    with pytest.raises(InputError):
+        noise_augment_embedding(e, 1.5)
+
+
+def test_world_code_embedding_is_compositional():
+    emb = WorldCodeEmbedding(
+        1024, seed=0
+    )  # wide, so chance cosines (~1/√1024) stay small
+    codes = emb(
+        [
+            WorldObject.single("cube", "red"),
+            WorldObject.single("cube", "blue"),
+            WorldObject.single("sphere", "blue"),
+        ]
+    )
+    torch.testing.assert_close(codes.norm(dim=-1), torch.ones(3))
+    cos = codes @ codes.T
+    # sharing one attribute of two makes codes similar (cos ≈ 1/2), sharing none does not
+    assert (
+        abs(cos[0, 1] - 0.5) < 0.15
+        and abs(cos[1, 2] - 0.5) < 0.15
+        and abs(cos[0, 2]) < 0.15
+    )
+    torch.testing.assert_close(
+        WorldCodeEmbedding(1024, seed=0)([WorldObject.single("cube", "red")])[0],
+        codes[0],
+    )
+
+
+def test_tiny_real_training_of_the_2d_prior(views_dir, tmp_path):
+    """200 steps at 16² on 4 objects: the loss drops, and the prior has learnt what the embedding says."""
+    cfg = TrainConfig(
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=20,
+        ema_decay=0.95,
+        p_uncond=0.1,
+        checkpoint_every=1000,
+        sheet_steps=0,
+        progress=False,
+    )
+    metrics = train_prior(
+        "prior2d",
+        views_dir,
+        tmp_path,
+        200,
+        seed=0,
+        preset="test",
+        cfg=cfg,
+        noise_aug_max=0.3,
+    )
+    assert metrics["loss_last"] < 0.55 * metrics["loss_first"], metrics  # measured 0.43
+    prior = load_tiny_prior(tmp_path / "model")
+    images, data = load_view_images(views_dir)
+    right = world_view_embeddings(data, prior.config.embedding_dim)
+    wrong = torch.roll(
+        right.view(len(OBJECTS), -1, right.shape[-1]), 1, dims=0
+    ).reshape_as(right)
+    assert not torch.equal(wrong[0], right[0])
+    z0 = prior.encode(images)
+    noise = torch.randn(z0.shape, generator=_gen(7))
+    t = torch.full(
+        (z0.shape[0],), 700
+    )  # ᾱ ≈ 0.2: the embedding must say what the object is
+    z_t = prior.schedule.add_noise(z0, noise, t)
+    with torch.no_grad():
+        err_right = (
+            (prior.predict_noise(z_t, t, prior.build_condition(right)) - noise)
+            .pow(2)
+            .mean()
+        )
+        err_wrong = (
+            (prior.predict_noise(z_t, t, prior.build_condition(wrong)) - noise)
+            .pow(2)
+            .mean()
+        )
+    assert (
+        err_right < 0.8 * err_wrong
+    )  # measured 0.66, (float(err_right), float(err_wrong))
+
+
+def test_training_resumes_exactly(views_dir, tmp_path):
+    cfg = TrainConfig(batch_size=8, checkpoint_every=2, sheet_steps=0, progress=False)
+    straight = train_prior(
+        "multiview", views_dir, tmp_path / "a", 4, seed=3, preset="test", cfg=cfg
+    )
+    train_prior(
+        "multiview", views_dir, tmp_path / "b", 2, seed=3, preset="test", cfg=cfg
+    )
+    resumed = train_prior(
+        "multiview", views_dir, tmp_path / "b", 4, seed=3, preset="test", cfg=cfg
+    )
+    assert resumed["resumed_from"] == 2
+    assert resumed["loss_last"] == pytest.approx(straight["loss_last"], rel=1e-6)
+    a = load_tiny_prior(tmp_path / "a" / "model").state_dict()
+    b = load_tiny_prior(tmp_path / "b" / "model").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_vae_training_and_the_latent_prior(views_dir, tmp_path):
+    cfg = TrainConfig(
+        batch_size=16,
+        lr=2e-3,
+        warmup_steps=10,
+        ema_decay=0.9,
+        checkpoint_every=1000,
+        progress=False,
+    )
+    metrics = train_prior(
+        "vae",
+        views_dir,
+        tmp_path / "vae",
+        80,
+        seed=0,
+        block_out_channels=(16, 32),
+        cfg=cfg,
+    )
+    assert metrics["recon_mse_after"] < 0.3 * metrics["recon_mse_before"], metrics
+    from anyto3d.zoo.priors import load_tiny_vae
+
+    vae = load_tiny_vae(tmp_path / "vae" / "model")
+    assert vae.config.scaling_factor == pytest.approx(metrics["scaling_factor"])
+    images, _ = load_view_images(views_dir)
+    assert reconstruction_error(vae, images) == pytest.approx(
+        metrics["recon_mse_after"], rel=1e-4
+    )
+    # the latent 2D prior: UNet on 8² × 4 latents, images in and out at 16²
+    prior = _randomise(
+        TinyImagePrior.build_tiny(
+            "test", vae=vae, image_size=16, block_out_channels=(16, 32)
+        )
+    )
+    assert (prior.config.image_size, prior.config.channels, prior.image_size) == (
+        8,
+        4,
+        16,
+    )
+    z = prior.encode(images[:2])
+    assert z.shape == (2, 4, 8, 8)
+    assert z.std() == pytest.approx(1.0, rel=0.5)  # the fitted scaling factor
+    cond = prior.build_condition(torch.randn(2, 8, generator=_gen(0)))
+    out = sample_sheet(prior, cond, tmp_path / "sheet.png", steps=2)
+    assert out.shape == (2, 3, 16, 16)
+    prior.save_pretrained(tmp_path / "latent")
+    loaded = load_tiny_prior(tmp_path / "latent")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.decode(z), prior.decode(z), atol=0, rtol=0)
+    # diffusion_loss runs through the latent prior unchanged
+    assert torch.isfinite(diffusion_loss(prior, z, cond))
+
+
+def test_sample_sheet_writes_a_grid(tmp_path):
+    from PIL import Image
+
+    prior = TinyVideoPrior.build_tiny("test")
+    cond = prior.build_condition(torch.randn(2, 8, generator=_gen(0)))
+    out = sample_sheet(prior, cond, tmp_path / "v.png", steps=2, scale=1)
+    assert out.shape == (2, 3, 4, 16, 16)
+    assert Image.open(tmp_path / "v.png").size == (
+        4 * 17 + 1,
+        2 * 17 + 1,
+    )  # frames across, clips down
+
+
+def test_judge_samples_counts_against_targets():
+    samples = torch.zeros(4, 3, 8, 8)
+
+    def classifier(images):
+        assert (
+            images.shape == (4, 8, 8, 3) and float(images.min()) == 0.5
+        )  # renderer layout, [0, 1]
+        return {
+            "shape": torch.tensor([0, 1, 1, 1]),
+            "color": torch.tensor([[5.0, 0.0], [0.0, 1.0], [2.0, 1.0], [0.0, 3.0]]),
+        }
+
+    scores = judge_samples(
+        samples,
+        {"shape": torch.tensor([0, 1, 1, 0]), "color": torch.tensor([0, 1, 1, 1])},
+        classifier,
+    )
+    assert (
+        scores["shape"] == 0.75
+        and scores["color"] == 0.75
+        and scores["all"] == 0.5
+        and scores["groups"] == 0.5
+    )
+    grouped = judge_samples(
+        samples,
+        {"shape": torch.tensor([0, 1])},
+        lambda x: {"shape": torch.tensor([0, 0, 1, 1])},
+        2,
+    )
+    assert grouped == {"shape": 1.0, "all": 1.0, "groups": 1.0}
+    with pytest.raises(InputError):
+        judge_samples(samples, {"facing": torch.zeros(4)}, classifier)
