@@ -68,11 +68,15 @@ class Mesh:
     def bounding_box(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.vertices.min(dim=0).values, self.vertices.max(dim=0).values
 
-    def remove_degenerate_faces(self, eps: float = 1e-12) -> "Mesh":
-        """Drop faces with repeated indices or (near-)zero area; documented handling, not an error."""
+    def remove_degenerate_faces(self) -> "Mesh":
+        """Drop faces that repeat a vertex index (documented handling, not an error).
+
+        Zero-area faces with three distinct vertices are kept: marching tetrahedra makes them
+        where the surface passes through a grid vertex, and dropping them would open holes in a
+        closed surface. They cover no pixel, so renderers skip them anyway.
+        """
         f = self.faces
-        distinct = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
-        keep = distinct & (self.face_areas() > eps)
+        keep = (f[:, 0] != f[:, 1]) & (f[:, 1] != f[:, 2]) & (f[:, 2] != f[:, 0])
         if bool(keep.all()):
             return self
         uv_faces = self.uv_faces[keep] if self.uv_faces is not None else None
@@ -87,13 +91,20 @@ class Mesh:
         if self.colors is not None and not torch.isfinite(self.colors).all():
             raise NonFiniteError(f"{what} has non-finite vertex colours (NaN or Inf)")
         mesh = self.remove_degenerate_faces()
-        if mesh.num_faces == 0:
+        if mesh.num_faces == 0 or float(mesh.face_areas().detach().sum()) == 0.0:
             raise EmptyGeometryError(f"{what} has only degenerate (zero-area) faces")
         return mesh
 
     def detach(self) -> "Mesh":
         d = lambda t: None if t is None else t.detach()  # noqa: E731
         return Mesh(d(self.vertices), self.faces, d(self.colors), d(self.uv), self.uv_faces)
+
+    def sample_surface(self, count: int, seed: int = 0) -> torch.Tensor:
+        """Points [count, 3] uniformly on the surface (area-weighted), e.g. for Chamfer distances."""
+        import trimesh
+
+        points, _ = trimesh.sample.sample_surface(self.to_trimesh(), count, seed=seed)
+        return torch.as_tensor(points, dtype=torch.float32)
 
     def to_trimesh(self):
         import trimesh

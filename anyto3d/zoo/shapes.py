@@ -95,9 +95,8 @@ def reconstruction_scene() -> Mesh:
 
 
 def sample_surface(mesh: Mesh, count: int, seed: int = 0) -> torch.Tensor:
-    """Points [count, 3] uniformly on the surface (area-weighted), for Chamfer distances."""
-    points, _ = trimesh.sample.sample_surface(mesh.to_trimesh(), count, seed=seed)
-    return torch.as_tensor(points, dtype=torch.float32)
+    """Points [count, 3] uniformly on the surface (area-weighted); see :meth:`Mesh.sample_surface`."""
+    return mesh.sample_surface(count, seed)
 
 
 # ---------------------------------------------------------------------------------------------
