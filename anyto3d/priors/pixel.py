@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal
@@ -22,11 +21,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.errors import InputError
+from anyto3d.module_io import load_module, save_module
 from anyto3d.priors.base import Condition, NoiseSchedule, Prior
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 def linear_schedule(num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
@@ -135,33 +132,19 @@ class PixelDiffusionPrior(Prior):
         return cls(PixelPriorConfig(**{**DUMMY_CONFIG, **overrides}))
 
     def save_pretrained(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.config)
         cfg["block_out_channels"] = list(cfg["block_out_channels"])
         cfg["attention"] = list(cfg["attention"])
-        (path / CONFIG_NAME).write_text(json.dumps({"anyto3d_class": "PixelDiffusionPrior", **cfg}, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / WEIGHTS_NAME))
-        return path
+        return save_module(path, {"anyto3d_class": "PixelDiffusionPrior", **cfg}, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "PixelDiffusionPrior":
-        from safetensors.torch import load_file
-
-        path = Path(path)
-        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
-        if missing:
-            raise MissingWeightsError(
-                f"pixel diffusion prior not found in {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME}, "
-                f"missing {', '.join(missing)} (train one with the tiny zoo, or point the model path at its directory)"
-            )
-        data = json.loads((path / CONFIG_NAME).read_text())
+        data, state = load_module(
+            path, "pixel diffusion prior", "train one with the tiny zoo, or point the model path at its directory"
+        )
         data.pop("anyto3d_class", None)
         prior = cls(PixelPriorConfig.from_dict(data))
-        prior.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+        prior.load_state_dict(state)
         return prior.to(device)
 
     # -- conditioning -----------------------------------------------------------------------

@@ -37,7 +37,6 @@ reads them back frozen.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -48,8 +47,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyto3d.encoders.base import Encoder, clip_preprocess
-from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.errors import InputError
 from anyto3d.modality import AudioPrompt, Prompt, TextPrompt
+from anyto3d.module_io import CONFIG_NAME, WEIGHTS_NAME, load_module, save_module
 
 FORMAT = "anyto3d.zoo.binder/1"
 PAD, UNK = "<pad>", "<unk>"
@@ -327,35 +327,22 @@ class TinyBinder(Encoder):
     # --- weights -------------------------------------------------------------------------------
 
     def save_pretrained(self, directory) -> Path:
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        config = {"format": FORMAT, "config": _config_to_json(self.cfg)}
-        (out / "config.json").write_text(json.dumps(config, indent=1))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items() if not k.startswith("logmel.")}
-        save_file(state, str(out / "model.safetensors"))
-        return out
+        # The log-mel filterbank is derived from the config, so it is not saved.
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("logmel.")}
+        return save_module(directory, {"format": FORMAT, "config": _config_to_json(self.cfg)}, state, indent=1)
 
     @classmethod
     def from_pretrained(cls, directory) -> TinyBinder:
-        from safetensors.torch import load_file
-
-        root = Path(directory)
-        files = [root / "config.json", root / "model.safetensors"]
-        if not all(f.exists() for f in files):
-            raise MissingWeightsError(
-                f"tiny binder weights not found in {root}: expected config.json and model.safetensors "
-                "(train them with `python -m anyto3d.zoo.train_encoders binder --data D --out O`)"
-            )
-        meta = json.loads(files[0].read_text())
+        meta, state = load_module(
+            directory, "tiny binder weights", "train them with `python -m anyto3d.zoo.train_encoders binder --data D --out O`"
+        )
         if meta.get("format") != FORMAT:
-            raise InputError(f"{files[0]} has format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise InputError(f"{directory}/{CONFIG_NAME} has format {meta.get('format')!r}, expected {FORMAT!r}")
         model = cls(_config_from_json(meta["config"]))
-        missing, unexpected = model.load_state_dict(load_file(str(files[1])), strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith("logmel.")]
         if missing or unexpected:
-            raise InputError(f"{files[1]} does not match its config: missing {missing}, unexpected {unexpected}")
+            raise InputError(f"{directory}/{WEIGHTS_NAME} does not match its config: missing {missing}, unexpected {unexpected}")
         return model.freeze()
 
 

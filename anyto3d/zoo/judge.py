@@ -27,7 +27,6 @@ prompts are mapped to objects with :func:`object_for_caption` (a canonical capti
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -37,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from anyto3d.encoders.base import clip_preprocess
-from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.errors import InputError
+from anyto3d.module_io import CONFIG_NAME, load_module, save_module
 from anyto3d.zoo.world import (
     COLOR_NAMES,
     FACINGS,
@@ -183,37 +183,25 @@ class TinyJudge(nn.Module):
     # --- weights -------------------------------------------------------------------------------
 
     def save_pretrained(self, directory) -> Path:
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
         cfg = asdict(self.cfg)
         cfg["channels"] = list(self.cfg.channels)
         heads = {k: list(v) for k, v in HEADS.items()}
-        (out / "config.json").write_text(json.dumps({"format": FORMAT, "config": cfg, "heads": heads}, indent=1))
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / "model.safetensors"))
-        return out
+        return save_module(directory, {"format": FORMAT, "config": cfg, "heads": heads}, self.state_dict(), indent=1)
 
     @classmethod
     def from_pretrained(cls, directory) -> TinyJudge:
-        from safetensors.torch import load_file
-
-        root = Path(directory)
-        files = [root / "config.json", root / "model.safetensors"]
-        if not all(f.exists() for f in files):
-            raise MissingWeightsError(
-                f"tiny judge weights not found in {root}: expected config.json and model.safetensors "
-                "(train them with `python -m anyto3d.zoo.train_encoders judge --data D --out O`)"
-            )
-        meta = json.loads(files[0].read_text())
+        meta, state = load_module(
+            directory, "tiny judge weights", "train them with `python -m anyto3d.zoo.train_encoders judge --data D --out O`"
+        )
+        where = f"{directory}/{CONFIG_NAME}"
         if meta.get("format") != FORMAT:
-            raise InputError(f"{files[0]} has format {meta.get('format')!r}, expected {FORMAT!r}")
+            raise InputError(f"{where} has format {meta.get('format')!r}, expected {FORMAT!r}")
         if meta.get("heads") != {k: list(v) for k, v in HEADS.items()}:
-            raise InputError(f"{files[0]} was trained with other classes than this world's")
+            raise InputError(f"{where} was trained with other classes than this world's")
         cfg = dict(meta["config"])
         cfg["channels"] = tuple(cfg["channels"])
         model = cls(JudgeConfig(**cfg))
-        model.load_state_dict(load_file(str(files[1])))
+        model.load_state_dict(state)
         model.eval().requires_grad_(False)
         return model
 

@@ -58,11 +58,10 @@ from torch import nn
 
 from anyto3d.cameras import CameraBatch
 from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.module_io import CONFIG_NAME, load_module, save_module
 from anyto3d.priors.base import Condition, Prior
 from anyto3d.priors.mvdream import install_multiview_attention, normalize_camera
 from anyto3d.priors.pixel import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
     PixelDiffusionPrior,
     PixelPriorConfig,
     make_schedule,
@@ -368,32 +367,17 @@ class TinyPriorMixin:
         }
 
     def save_pretrained(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        data = {"anyto3d_class": type(self).__name__, **self.config.to_dict()}
-        (path / CONFIG_NAME).write_text(json.dumps(data, indent=2))
-        state = {
-            k: v.detach().contiguous().cpu() for k, v in self.trainable_state().items()
-        }
-        save_file(state, str(path / WEIGHTS_NAME))
+        path = save_module(path, {"anyto3d_class": type(self).__name__, **self.config.to_dict()}, self.trainable_state())
         if self.vae is not None:
             self.vae.save_pretrained(path / VAE_DIR, safe_serialization=True)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu"):
-        from safetensors.torch import load_file
-
         path = Path(path)
-        missing = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if not (path / n).is_file()]
-        if missing:
-            raise MissingWeightsError(
-                f"tiny prior not found in {path}: expected {CONFIG_NAME} and {WEIGHTS_NAME}, missing "
-                f"{', '.join(missing)} (train it: python -m anyto3d.zoo.train_priors <kind> --data D --out {path})"
-            )
-        data = json.loads((path / CONFIG_NAME).read_text())
+        data, state = load_module(
+            path, "tiny prior", f"train it: python -m anyto3d.zoo.train_priors <kind> --data D --out {path}"
+        )
         name = data.pop("anyto3d_class", cls.__name__)
         if name != cls.__name__:
             raise InputError(
@@ -401,9 +385,7 @@ class TinyPriorMixin:
             )
         vae = load_tiny_vae(path / VAE_DIR) if (path / VAE_DIR).is_dir() else None
         prior = cls(cls.config_class.from_dict(data), vae=vae)
-        result = prior.load_state_dict(
-            load_file(str(path / WEIGHTS_NAME)), strict=False
-        )
+        result = prior.load_state_dict(state, strict=False)
         bad = [
             k for k in result.missing_keys if not k.startswith(VAE_DIR + ".")
         ] + list(result.unexpected_keys)
