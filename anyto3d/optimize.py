@@ -661,9 +661,10 @@ def freeze_geometry(state: OptimState) -> OptimState:
 
 
 def render_views(state: OptimState, cameras: CameraBatch, height: int, width: int, *, chunk: int = 8,
-                 shading: str = "albedo") -> RenderOutput:
+                 shading: str = "albedo", with_normal: bool = True) -> RenderOutput:
     """Deterministic renders for evaluation and turntables (no ray jitter, no gradients), in
-    chunks of ``chunk`` views. Renders the NeRF if there is one, else the textured DMTet mesh."""
+    chunks of ``chunk`` views. Renders the NeRF if there is one, else the textured DMTet mesh.
+    ``with_normal=False`` skips normals (a NeRF's finite-difference normals cost ~6x a render)."""
     rep = "nerf" if state.field is not None else "dmtet_texture"
     if rep == "nerf" and getattr(state.field, "requires_times", False):
         rep = "dynamic_nerf"
@@ -675,7 +676,8 @@ def render_views(state: OptimState, cameras: CameraBatch, height: int, width: in
         for i in range(0, len(cameras), chunk):
             cams = cameras[i:i + chunk]
             lights = headlight(cams) if shading == "lambertian" else None
-            out = render_state(state, phase, cams, height, width, lights=lights, with_normal=True, stratified=False)
+            out = render_state(state, phase, cams, height, width, lights=lights, with_normal=with_normal or shading == "lambertian",
+                               stratified=False)
             outs.append(out)
     cat = lambda name: None if getattr(outs[0], name) is None else torch.cat([getattr(o, name) for o in outs])
     return RenderOutput(rgb=cat("rgb"), opacity=cat("opacity"), depth=cat("depth"), normal=cat("normal"))

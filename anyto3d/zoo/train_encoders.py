@@ -50,6 +50,7 @@ from anyto3d.zoo.binder import (
 from anyto3d.zoo.captions import canonical_caption, caption, view_caption
 from anyto3d.zoo.dataset import load_dataset
 from anyto3d.zoo.judge import (
+    IGNORE,
     TEST_JUDGE,
     JudgeConfig,
     TinyJudge,
@@ -378,6 +379,31 @@ class JudgeTrainConfig:
     weight_decay: float = 1e-4
     checkpoint_every: int = 200
     augment: AugmentConfig = AugmentConfig()
+    # Fraction of each batch recoloured by a random RGB channel permutation, with the colour
+    # heads' labels dropped for those views: without it the shape head keyed on the training
+    # shape×colour pairs (held-out shape accuracy 0.41 vs 0.90 on training views, measured).
+    p_recolor: float = 0.5
+
+
+COLOR_HEADS = ("color", "second_color")
+
+
+def recolor(images: torch.Tensor, labels: dict[str, torch.Tensor], p: float, generator: torch.Generator):
+    """Permute the RGB channels of a random ``p`` of ``images`` [B, H, W, 3] (white stays white)
+    and set the colour heads' labels of those views to ``IGNORE``; returns (images, labels)."""
+    B = images.shape[0]
+    chosen = torch.rand(B, generator=generator) < p
+    if p <= 0 or not bool(chosen.any()):
+        return images, labels
+    perms = torch.tensor([[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]])
+    order = perms[torch.randint(0, len(perms), (B,), generator=generator)]
+    order = torch.where(chosen[:, None], order, torch.arange(3).expand(B, 3))
+    images = torch.gather(images, 3, order[:, None, None, :].expand_as(images))
+    labels = dict(labels)
+    for head in COLOR_HEADS:
+        if head in labels:
+            labels[head] = torch.where(chosen, torch.full_like(labels[head], IGNORE), labels[head])
+    return images, labels
 
 
 def train_judge(
@@ -414,9 +440,10 @@ def train_judge(
         g, _ = step_generators(seed, step)
         rows = torch.randint(0, len(views), (min(train.batch_size, len(views)),), generator=g)
         images = augment_images(views.rgb[rows], g, train.augment)
+        images, batch_labels = recolor(images, {h: v[rows] for h, v in labels.items()}, train.p_recolor, g)
         for group in opt.param_groups:
             group["lr"] = learning_rate(step, steps, train.lr)
-        loss = judge_loss(model(images), {h: v[rows] for h, v in labels.items()})
+        loss = judge_loss(model(images), batch_labels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -674,7 +674,9 @@ def train_prior(
         )
     prior = PRIOR_CLASSES[kind].build_tiny(preset, vae=vae, seed=seed, **overrides)
     loss_fn, context = make_loss_fn(kind, prior, data_dir, embeddings, cfg, seed)
+    t0 = time.perf_counter()
     result = fit(prior, loss_fn, steps, out, seed, cfg, desc=kind)
+    train_seconds = round(time.perf_counter() - t0, 1)
     prior.save_pretrained(out / "model")
     metrics = {
         "kind": kind,
@@ -688,6 +690,7 @@ def train_prior(
         "parameters": sum(p.numel() for p in _trainable(prior).values()),
         "steps_per_s": result["steps_per_s"],
         "resumed_from": result["start_step"],
+        "train_seconds": train_seconds,  # this session only (a resumed run counts from its restart)
         **_loss_summary(result["losses"]),
     }
     if cfg.sheet_steps > 0:
@@ -760,7 +763,9 @@ def train_vae(
         idx = torch.randint(0, images.shape[0], (B,), generator=gen)
         return vae_loss(vae, images[idx], kl_weight, gen)
 
+    t0 = time.perf_counter()
     result = fit(vae, loss_fn, steps, out, seed, cfg, desc="vae")
+    train_seconds = round(time.perf_counter() - t0, 1)
     after = reconstruction_error(vae, held)
     factor = fit_scaling_factor(vae, images[: min(1024, images.shape[0])])
     vae.save_pretrained(out / "model", safe_serialization=True)
@@ -771,6 +776,7 @@ def train_vae(
         "batch_size": B,
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in vae.parameters()),
+        "train_seconds": train_seconds,
         "steps_per_s": result["steps_per_s"],
         "resumed_from": result["start_step"],
         "recon_mse_before": before,
