@@ -1,0 +1,22 @@
+"""Step ``dmtet_texture``: the DMTet texture phase(s) (XBind Phase III: geometry frozen, planar-S + stereo).
+
+The body is shared by the three phase steps: :func:`steps.phase_common.run_phase_step`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from steps.contract import step
+from steps.phase_common import run_phase_step
+
+CODE = ("steps.phase_common", "anyto3d.models", "anyto3d.state_io")
+
+
+@step("dmtet_texture", 1, config_keys=("model", "method", "seed"), inputs=("encoded", "reference", "previous"), optional_inputs=(),
+      code_modules=CODE)
+def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
+    return run_phase_step("dmtet_texture", "dmtet_texture", inputs, cfg, out_dir, device, work_dir)
+
+
+STEP = run

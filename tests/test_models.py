@@ -1,0 +1,115 @@
+"""Model loading per scale, the roles a method needs, and the supervision built from them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from anyto3d import models as models_mod
+from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.methods import method_from_config, phase_from_dict
+from anyto3d.models import build_supervision, load_models, needs_for
+from anyto3d.reference_view import ReferenceView, reference_camera
+from anyto3d.zoo.binder import TinyBinder
+from anyto3d.zoo.fixtures import build_test_zoo
+from anyto3d.zoo.judge import TinyJudge
+from anyto3d.zoo.priors import (
+    TinyImagePrior,
+    TinyMultiViewPrior,
+    TinyNovelViewPrior,
+    TinyVideoPrior,
+)
+
+torch.set_num_threads(1)
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> Path:
+    return build_test_zoo(tmp_path_factory.mktemp("zoo"))
+
+
+def tiny(zoo: Path) -> dict:
+    return {"name": "tiny", "models_dir": str(zoo), "weights_dir": None}
+
+
+def method(name: str, scale: str = "tiny"):
+    return method_from_config({"method": yaml.safe_load((CONF / "method" / f"{name}.yaml").read_text()),
+                               "model": {"name": scale}})
+
+
+def test_load_models_returns_the_classes_asked_for_and_caches_them(zoo):
+    needs = {"encoder", "ms_encoder", "prior2d", "novel_view", "multiview", "video", "judge"}
+    ms = load_models(tiny(zoo), needs)
+    assert isinstance(ms.encoder, TinyBinder) and ms.ms_encoder is ms.encoder  # one binder, both roles
+    assert isinstance(ms.prior2d, TinyImagePrior) and isinstance(ms.novel_view, TinyNovelViewPrior)
+    assert isinstance(ms.multiview, TinyMultiViewPrior) and isinstance(ms.video, TinyVideoPrior)
+    assert isinstance(ms.judge, TinyJudge)
+    only = load_models(tiny(zoo), {"prior2d"})
+    assert only.prior2d is ms.prior2d  # loaded once per process
+    assert only.encoder is None and only.novel_view is None and only.judge is None
+
+
+def test_missing_tiny_model_dir_is_one_error_naming_it(tmp_path):
+    (tmp_path / "binder").mkdir()  # present but the 2D prior is not
+    with pytest.raises(MissingWeightsError) as info:
+        load_models({"name": "tiny", "models_dir": str(tmp_path)}, {"prior2d"})
+    assert "prior2d" in str(info.value) and str(tmp_path / "prior2d") in str(info.value)
+    assert isinstance(info.value, InputError)
+    with pytest.raises(MissingWeightsError, match="tiny binder weights not found"):  # a dir without weights
+        load_models({"name": "tiny", "models_dir": str(tmp_path)}, {"encoder"})
+
+
+def test_missing_paper_weight_is_one_error_naming_the_model(tmp_path, monkeypatch):
+    monkeypatch.delenv("ANYTO3D_WEIGHTS", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(MissingWeightsError) as info:
+        load_models({"name": "paper", "weights_dir": str(tmp_path / "weights")}, {"prior2d"})
+    text = str(info.value)
+    assert "sd-2-1-unclip" in text and "nothing is downloaded" in text and str(tmp_path / "weights") in text
+
+
+def test_bad_scale_role_and_tiny_lora_are_input_errors(zoo):
+    with pytest.raises(InputError, match="model.name"):
+        load_models({"name": "huge"}, {"prior2d"})
+    with pytest.raises(InputError, match="unknown model role"):
+        load_models(tiny(zoo), {"clip"})
+    with pytest.raises(InputError, match="no VSD/LoRA"):
+        load_models(tiny(zoo), {"lora"})
+
+
+def test_needs_for_follows_the_enabled_loss_terms():
+    assert needs_for(method("xbind")) == {"prior2d", "novel_view", "ms_encoder"}
+    assert needs_for(method("dreamfusion")) == {"prior2d"}
+    # ZeroSDS-3D: only the novel-view prior; at the tiny scale it conditions on the binder's
+    # embedding of the reference, so the binder comes along.
+    assert needs_for(method("zero_sds_3d")) == {"novel_view"}
+    assert needs_for(method("zero_sds_3d"), "tiny") == {"novel_view", "ms_encoder"}
+
+
+def test_build_supervision_conditions_each_prior_with_its_own_builder(zoo):
+    ms = load_models(tiny(zoo), {"ms_encoder", "prior2d", "novel_view"})
+    emb = torch.nn.functional.normalize(torch.randn(ms.ms_encoder.dim), dim=0)
+    rgb = torch.ones(16, 16, 3)
+    rgb[4:12, 4:12] = torch.tensor([0.9, 0.1, 0.1])
+    mask = torch.zeros(16, 16, 1)
+    mask[4:12, 4:12] = 1.0
+    ref = ReferenceView(rgb, mask, reference_camera())
+    sup = build_supervision(ms, emb, ref)
+    assert torch.equal(sup.prior2d_condition["embedding"], emb[None])
+    assert torch.equal(sup.prior2d_condition["noise_level"], torch.zeros(1))
+    assert torch.allclose(sup.novel_view_inputs["embedding"], ms.ms_encoder.embed_image(rgb[None]))
+    assert sup.binder is ms.ms_encoder and torch.equal(sup.embedding, emb[None])
+    # A phase limits what is built to the terms it uses.
+    sds_only = phase_from_dict("p", {"losses": {"sds": 1.0}})
+    limited = build_supervision(ms, emb, ref, sds_only)
+    assert limited.prior2d is ms.prior2d and limited.novel_view is None and limited.binder is None
+
+
+def test_clear_cache_forgets_models(zoo):
+    first = load_models(tiny(zoo), {"prior2d"}).prior2d
+    models_mod.clear_cache()
+    assert load_models(tiny(zoo), {"prior2d"}).prior2d is not first
