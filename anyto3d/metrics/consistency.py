@@ -1,0 +1,93 @@
+"""View consistency of an asset across the evaluation orbit, as the tiny world's judge sees it.
+
+Neither paper measures 3D consistency with a number; the tiny world can, because its judge
+(:class:`anyto3d.zoo.judge.TinyJudge`) names each view's shape, colour and *facing* (front /
+side / back of an object with a canonical front). Three figures:
+
+* ``shape_agreement`` — the fraction of views whose predicted shape is the orbit's majority
+  shape. An asset that reads as a cube from one side and a cylinder from another scores < 1.
+  ``color_agreement`` is the same for colour.
+* ``facing_accuracy`` — only for a target object with a front (``WorldObject.has_front``): the
+  fraction of views whose predicted facing equals the facing implied by the camera azimuth
+  (:func:`anyto3d.zoo.world.facing_index`; the front faces the camera at azimuth 0). A Janus
+  asset, which shows its front from every side, reads "front" from behind and scores about the
+  front sector's share of the orbit (90°/360° = 0.25 for a uniform orbit).
+* ``view_consistency`` — the **product** of the figures that apply (shape and colour agreement,
+  and facing accuracy when the object has a front). A product rather than a minimum so that two
+  partial failures count for more than one; each factor is a fraction of views, so the product is
+  in [0, 1] and is 1 only for an asset that is consistent on every count.
+
+With a target object, ``shape_accuracy`` / ``color_accuracy`` (fraction of views judged as the
+target's shape / colour) are reported too; they are semantic accuracy, not consistency, and do
+not enter ``view_consistency``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from anyto3d.errors import InputError
+from anyto3d.zoo.world import COLOR_NAMES, SHAPES, WorldObject, facing_index
+
+
+def _predictions(judge_outputs: Mapping[str, torch.Tensor], head: str, n_views: int | None) -> torch.Tensor:
+    if head not in judge_outputs:
+        raise InputError(f"judge outputs lack the {head!r} head (have {sorted(judge_outputs)})")
+    scores = torch.as_tensor(judge_outputs[head])
+    if scores.dim() != 2 or scores.shape[0] == 0:
+        raise InputError(f"judge output {head!r} must be [V, classes] per view, got {tuple(scores.shape)}")
+    if n_views is not None and scores.shape[0] != n_views:
+        raise InputError(f"judge output {head!r} has {scores.shape[0]} views, expected {n_views}")
+    return scores.argmax(dim=-1)
+
+
+def majority_agreement(labels: torch.Tensor) -> float:
+    """Fraction of entries equal to the most frequent label."""
+    counts = torch.bincount(labels.reshape(-1).long())
+    return float(counts.max()) / labels.numel()
+
+
+def facing_accuracy(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor) -> float:
+    """Fraction of views whose predicted facing index (0 front, 1 side, 2 back) equals the one the
+    camera azimuth implies for an object whose front faces azimuth 0 (:func:`facing_index`)."""
+    azimuth_deg = np.degrees(np.asarray(torch.as_tensor(azimuth_rad, dtype=torch.float64).reshape(-1)))
+    azimuth_deg = np.round(azimuth_deg, 4)  # float32 radians put 45° at 45.000001°: sector edges are inclusive
+    expected = torch.as_tensor(np.atleast_1d(facing_index(azimuth_deg)))
+    if expected.numel() != predicted_facing.numel():
+        raise InputError(f"{predicted_facing.numel()} facing predictions for {expected.numel()} azimuths")
+    return float((predicted_facing.reshape(-1).long() == expected.long()).double().mean())
+
+
+def view_consistency(
+    judge_outputs: Mapping[str, torch.Tensor], azimuths: torch.Tensor, target: WorldObject | None = None
+) -> dict[str, float]:
+    """Consistency figures (module docstring) from per-view judge outputs.
+
+    ``judge_outputs``: head name -> [V, classes] probabilities or logits (``TinyJudge.classify``
+    or ``TinyJudge.forward``), needing ``shape`` and ``color`` (and ``facing`` for a target with
+    a front); ``azimuths``: [V] camera azimuths in radians; ``target``: the world object the asset
+    should be, or ``None`` when the prompt is not a world object (then no facing accuracy).
+    """
+    azimuths = torch.as_tensor(azimuths).reshape(-1)
+    n = azimuths.numel()
+    if n == 0:
+        raise InputError("view consistency needs at least one view")
+    shape = _predictions(judge_outputs, "shape", n)
+    color = _predictions(judge_outputs, "color", n)
+    out = {"shape_agreement": majority_agreement(shape), "color_agreement": majority_agreement(color)}
+    factors = [out["shape_agreement"], out["color_agreement"]]
+    if target is not None:
+        out["shape_accuracy"] = float((shape == SHAPES.index(target.shape)).double().mean())
+        out["color_accuracy"] = float((color == COLOR_NAMES.index(target.color)).double().mean())
+        if target.has_front:
+            out["facing_accuracy"] = facing_accuracy(_predictions(judge_outputs, "facing", n), azimuths)
+            factors.append(out["facing_accuracy"])
+    out["view_consistency"] = math.prod(factors)
+    return out
+
+
+__all__ = ["facing_accuracy", "majority_agreement", "view_consistency"]

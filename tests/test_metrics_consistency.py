@@ -1,0 +1,94 @@
+"""View consistency from synthetic judge outputs: agreement, facing, and the Janus detector."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anyto3d.cameras import orbit_cameras
+from anyto3d.errors import InputError
+from anyto3d.metrics.consistency import (
+    facing_accuracy,
+    majority_agreement,
+    view_consistency,
+)
+from anyto3d.zoo.world import COLOR_NAMES, FACINGS, SHAPES, WorldObject
+
+torch.set_num_threads(1)
+
+AZ = orbit_cameras(120).azimuth  # 0°, 3°, ..., 357°
+HOUSE = WorldObject.single("house", "red")
+
+
+def one_hot(labels, classes):
+    return F.one_hot(torch.as_tensor(labels), len(classes)).float()
+
+
+def outputs(shape="house", color="red", facing=None, n=120):
+    shapes = [SHAPES.index(shape)] * n if isinstance(shape, str) else [SHAPES.index(s) for s in shape]
+    out = {"shape": one_hot(shapes, SHAPES), "color": one_hot([COLOR_NAMES.index(color)] * n, COLOR_NAMES)}
+    if facing is not None:
+        out["facing"] = one_hot(facing, FACINGS)
+    return out
+
+
+def true_facing():
+    # By hand: front for azimuth ≤ 45° or ≥ 315°, back for 135°..225°, side otherwise.
+    degrees = [3 * j for j in range(120)]
+    return [0 if (a <= 45 or a >= 315) else 2 if 135 <= a <= 225 else 1 for a in degrees]
+
+
+def test_correct_asset_is_fully_consistent():
+    got = view_consistency(outputs(facing=true_facing()), AZ, HOUSE)
+    assert got["facing_accuracy"] == 1.0
+    assert got["shape_agreement"] == got["color_agreement"] == 1.0
+    assert got["shape_accuracy"] == got["color_accuracy"] == 1.0
+    assert got["view_consistency"] == 1.0
+
+
+def test_janus_asset_scores_lower_facing_accuracy():
+    janus = view_consistency(outputs(facing=[0] * 120), AZ, HOUSE)
+    # Only the 31 truly frontal views (0..45° and 315..357° in 3° steps: 16 + 15) are right.
+    assert janus["facing_accuracy"] == pytest.approx(31 / 120)
+    assert janus["view_consistency"] == pytest.approx(31 / 120)
+    correct = view_consistency(outputs(facing=true_facing()), AZ, HOUSE)
+    assert janus["view_consistency"] < correct["view_consistency"] - 0.5
+
+
+def test_shape_disagreement_enters_the_product():
+    shapes = ["house"] * 90 + ["cube"] * 30
+    got = view_consistency(outputs(shape=shapes, facing=true_facing()), AZ, HOUSE)
+    assert got["shape_agreement"] == pytest.approx(0.75)
+    assert got["view_consistency"] == pytest.approx(0.75)
+    # A Janus pattern on top multiplies: 0.75 × 31/120.
+    both = view_consistency(outputs(shape=shapes, facing=[0] * 120), AZ, HOUSE)
+    assert both["view_consistency"] == pytest.approx(0.75 * 31 / 120)
+
+
+def test_no_facing_without_a_front_or_a_target():
+    for target in (None, WorldObject.single("cube", "red")):
+        got = view_consistency(outputs(shape="cube"), AZ, target)
+        assert "facing_accuracy" not in got
+        assert got["view_consistency"] == 1.0
+    assert "shape_accuracy" not in view_consistency(outputs(), AZ, None)
+
+
+def test_wrong_object_is_consistent_but_inaccurate():
+    got = view_consistency(outputs(shape="sphere", color="blue", facing=true_facing()), AZ, HOUSE)
+    assert got["shape_accuracy"] == 0.0 and got["color_accuracy"] == 0.0
+    assert got["view_consistency"] == 1.0  # consistency is not accuracy
+
+
+def test_helpers_by_hand():
+    assert majority_agreement(torch.tensor([1, 1, 2, 3])) == 0.5
+    az = torch.tensor([0.0, math.pi / 2, math.pi, -math.pi / 4])
+    assert facing_accuracy(torch.tensor([0, 1, 2, 0]), az) == 1.0
+    assert facing_accuracy(torch.tensor([0, 0, 0, 0]), az) == 0.5
+
+
+def test_bad_input():
+    with pytest.raises(InputError):
+        view_consistency(outputs(), AZ, HOUSE)  # house has a front: facing head needed
+    with pytest.raises(InputError):
+        view_consistency(outputs(n=10), AZ, None)  # 10 predictions for 120 views
