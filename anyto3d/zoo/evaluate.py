@@ -1,0 +1,746 @@
+"""Evaluation of the tiny world's trained zoo on held-out objects: ``metrics/zoo.json`` and sample sheets.
+
+``python -m anyto3d.zoo.evaluate --data data/zoo --out metrics/zoo.json --sheets metrics/zoo``
+(DVC's final ``zoo`` stage) scores every model of :func:`anyto3d.zoo.build.model_dir` on the
+**held-out** objects only (``data/zoo/heldout``, :mod:`anyto3d.zoo.splits`):
+
+* **binder**: :func:`~anyto3d.zoo.train_encoders.evaluate_binder` (text→image, audio→image top-1
+  among the held-out objects); **judge**: :func:`~anyto3d.zoo.train_encoders.evaluate_judge`
+  (shape, colour; facing over views of objects with a front).
+* **priors**: samples (DDIM through ``prior.sample`` = :func:`anyto3d.priors.sampling.ddim_sample`,
+  η = 0, :attr:`EvalConfig.steps` steps, classifier-free guidance :attr:`EvalConfig.guidance_scale`
+  = 3.0, the scale the sample sheets of :mod:`anyto3d.zoo.train_priors` use, one fixed seed) judged
+  against their conditioning by the judge through :func:`~anyto3d.zoo.train_priors.judge_samples`:
+
+  - ``prior2d``: conditioned on the binder's embedding of a held-out object's canonical caption
+    (text → image); right when the judge reads the object's shape and colour. Score: ``all``.
+  - ``novelview``: a held-out render of an object with a front (the object's most frontal view)
+    and relative cameras Δaz = 180° and Δaz = ±90° (same elevation and radius); right when the
+    sample shows the object's shape and colour with the facing the camera asks for. Score: ``all``.
+  - ``multiview``: 4-view groups with the held-out dataset's own MVDream-style cameras, on the
+    caption's embedding; a group is right when all four views show the object and, for objects
+    with a front, each view's facing matches its camera. Score: ``groups``.
+  - ``video``: the canonical motion caption of a held-out single object ("a green cube
+    bouncing"); right when every frame shows the object (``groups`` of :func:`judge_samples`)
+    *and* :func:`classify_motion` names the motion asked for (the judge's per-frame facing is a
+    spin cue for objects with a front). Score: the fraction of clips right on both; ``object``
+    and ``motion`` separately. Every prior's headline figure is its ``score``.
+
+* **motion classifier** (:func:`classify_motion`, hand-written, no training): validated on
+  ground-truth clips rendered by :func:`anyto3d.zoo.dataset.render_clips` (held-out objects,
+  a seed no dataset uses) and on the training clips; its accuracy is in ``motion_classifier``.
+
+Cost (defaults: 64 2D samples, 32 references × 2 novel views, 32 multi-view groups, 24 clips,
+25 DDIM steps): 230 s for planned-size latent priors on 1 thread of the shared 2-core machine
+(load ≈ 4) — video 116 s, multi-view 36 s, motion validation 32 s, 2D 16 s, novel view 14 s.
+
+The JSON (written atomically) is ``{binder, judge, priors, motion_classifier, targets, passed,
+train_seconds, config, eval_seconds}``; ``passed`` compares each figure named in :data:`TARGETS`
+with its target, plus ``all``. Sample sheets go to ``--sheets``: ``prior2d.png``,
+``novelview.png`` (reference | asked views), ``multiview.png`` (one group per row) and
+``video.png`` (one clip per row), each with a ``.json`` sidecar naming what each row/cell asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anyto3d.errors import InputError, MissingWeightsError
+from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
+from anyto3d.zoo.motion import MOTIONS
+from anyto3d.zoo.world import FACINGS, WorldObject, facing_index
+
+#: Figures with a target; keys are paths into the metrics JSON.
+TARGETS: dict[str, float] = {
+    "binder.text_to_image": 0.95,
+    "binder.audio_to_image": 0.90,
+    "judge.shape": 0.98,
+    "judge.color": 0.98,
+    "judge.facing": 0.98,
+    "priors.prior2d.score": 0.90,
+    "priors.novelview.score": 0.90,
+    "priors.multiview.score": 0.90,
+    "priors.video.score": 0.90,
+}
+STATIC = "static"  # the motion classifier's answer when nothing moves visibly
+MOTION_LABELS = (*MOTIONS, STATIC)
+
+
+@dataclass
+class EvalConfig:
+    """Sample counts and sampler settings (sized so the whole run stays ≤ 10 min on 2 cores)."""
+
+    samples_2d: int = 64
+    novel_references: int = 32  # × 2 asked views (Δaz = 180°, ±90°) = 64 novel views
+    multiview_groups: int = 32
+    clips: int = 24
+    steps: int = 25
+    guidance_scale: float = 3.0
+    seed: int = 0
+    motion_validation_seed: int = 7  # render_clips seed of the classifier's held-out GT clips
+    motion_validation_objects: int | None = None  # held-out singles to render clips of (None: all 17)
+    motion_validation_train_clips: bool = True  # also score the classifier on data/clips
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion classifier
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MotionClassifierConfig:
+    """The magnitude at which each motion's evidence scores 1 (measured on ground-truth clips of
+    :func:`~anyto3d.zoo.dataset.render_clips`, 8 frames at 32²), and the score below which a clip is
+    ``static``. Translations are in units of the object's apparent size (√ mean silhouette area)."""
+
+    spin_shape: float = 0.3  # std of the normalised second moments of the silhouette
+    spin_appearance: float = 0.03  # median |Δ| of consecutive centred, size-normalised crops
+    spin_per_facing: float = 0.25  # per facing seen beyond the first (judge's facing per frame; a weak cue: the judge flickers)
+    bounce: float = 0.13  # 2nd-harmonic amplitude of the vertical centroid (|sin 2πt| hops)
+    slide: float = 0.15  # 1st-harmonic amplitude of the centroid's path
+    pulse: float = 0.5  # 1st-harmonic amplitude of log(area) (scale 1 ± 0.25 → ±0.5)
+    grow: float = 1.85  # slope of log(area) over the clip (scale 0.4 → 1)
+    static_below: float = 0.2
+    foreground: float = 0.05  # 1 − min(RGB) above this starts to count as object (white background)
+    foreground_ramp: float = 0.15
+
+
+def silhouette(frames: torch.Tensor, cfg: MotionClassifierConfig = MotionClassifierConfig()) -> torch.Tensor:
+    """Soft object mask ``[F, H, W]`` of frames ``[F, H, W, 3]`` in [0, 1] on a white background:
+    how far the least-saturated channel is below white (every world colour has one channel near 0)."""
+    darkness = 1.0 - frames.min(dim=-1).values
+    return ((darkness - cfg.foreground) / cfg.foreground_ramp).clamp(0.0, 1.0)
+
+
+def _harmonics(values: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Least squares ``v ≈ c + b·(t − t̄) + s1 sin 2πt + c1 cos 2πt + s2 sin 4πt + c2 cos 4πt``
+    → ``[slope, amp1, amp2]`` (joint fit: a ramp and a sine are not orthogonal on one period)."""
+    w = 2 * math.pi * t
+    X = torch.stack([torch.ones_like(t), t - t.mean(), w.sin(), w.cos(), (2 * w).sin(), (2 * w).cos()], dim=1)
+    coef = torch.linalg.lstsq(X, values[:, None]).solution[:, 0]
+    return torch.stack([coef[1], torch.hypot(coef[2], coef[3]), torch.hypot(coef[4], coef[5])])
+
+
+def _centred_crops(frames: torch.Tensor, cx, cy, size, k: float = 1.2, n: int = 16):
+    """Each frame resampled to ``n × n`` around its centroid, half-width ``k`` × its apparent size,
+    white outside: what stays equal under translation and scaling (bounce, slide, pulse, grow)."""
+    lin = torch.linspace(-1.0, 1.0, n)
+    gy, gx = torch.meshgrid(lin, lin, indexing="ij")
+    half = (2 * k * size)[:, None, None]
+    grid = torch.stack([2 * cx[:, None, None] + gx * half, -2 * cy[:, None, None] + gy * half], dim=-1)
+    x = frames.permute(0, 3, 1, 2) - 1.0  # zero = white, so padding is background
+    return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros") + 1.0
+
+
+def motion_features(
+    frames: torch.Tensor, facing: torch.Tensor | None = None, cfg: MotionClassifierConfig = MotionClassifierConfig()
+) -> dict[str, float]:
+    """Per-clip evidence from frames ``[F, H, W, 3]`` in [0, 1] at times ``k / F``.
+
+    From the soft silhouette per frame: area ``a``, centroid (x right, y up, in image widths) and
+    the normalised second moments. Returned (translations in object sizes √ā):
+    ``slide`` (1st harmonic of the centroid path), ``bounce`` (2nd harmonic of y),
+    ``pulse`` (1st harmonic of log a), ``grow`` (slope of log a over the clip),
+    ``shape`` (std of the moment anisotropy), ``appearance`` (change of centred crops),
+    ``facings`` (distinct judge facings, 0 when not given), ``area`` (mean, image fraction).
+    """
+    frames = torch.as_tensor(frames, dtype=torch.float32)
+    if frames.dim() != 4 or frames.shape[-1] != 3 or frames.shape[0] < 2:
+        raise InputError(f"a clip must be [F >= 2, H, W, 3] in [0, 1], got {tuple(frames.shape)}")
+    n, H, W, _ = frames.shape
+    mask = silhouette(frames, cfg)
+    ys, xs = torch.meshgrid((torch.arange(H) + 0.5) / H, (torch.arange(W) + 0.5) / W, indexing="ij")
+    xs, ys = xs - 0.5, 0.5 - ys  # y up
+    mass = mask.sum((1, 2)).clamp_min(1e-6)
+    cx, cy = (mask * xs).sum((1, 2)) / mass, (mask * ys).sum((1, 2)) / mass
+    dx, dy = xs - cx[:, None, None], ys - cy[:, None, None]
+    sxx, syy, sxy = ((mask * v).sum((1, 2)) / mass for v in (dx * dx, dy * dy, dx * dy))
+    trace = (sxx + syy).clamp_min(1e-9)
+    area = mass / (H * W)
+    size = area.mean().sqrt().clamp_min(1.0 / H)
+    t = torch.arange(n, dtype=torch.float32) / n
+    hx, hy = _harmonics(cx / size, t), _harmonics(cy / size, t)
+    ha = _harmonics(area.clamp_min(1e-4).log(), t)
+    shape = torch.sqrt(((sxx - syy) / trace).var(unbiased=False) + (2 * sxy / trace).var(unbiased=False))
+    crops = _centred_crops(frames, cx, cy, area.sqrt().clamp_min(1.0 / H))
+    appearance = (crops[1:] - crops[:-1]).abs().mean((1, 2, 3)).median()
+    return {
+        "slide": float(torch.hypot(hx[1], hy[1])),
+        "bounce": float(hy[2]),
+        "pulse": float(ha[1]),
+        "grow": float(ha[0]),
+        "shape": float(shape),
+        "appearance": float(appearance),
+        "facings": 0 if facing is None else len(set(torch.as_tensor(facing).reshape(-1).tolist())),
+        "area": float(area.mean()),
+    }
+
+
+def motion_scores(features: dict[str, float], cfg: MotionClassifierConfig = MotionClassifierConfig()) -> dict[str, float]:
+    """Each motion's evidence relative to the magnitude the real motion produces (≈ 1 when present).
+
+    spin: the silhouette's shape or the centred appearance changes (or the judge's facing turns);
+    bounce: the vertical centroid oscillates twice per clip; slide: the centroid oscillates once
+    (sideways, or in depth — seen as a centroid shift — for cameras near the motion's axis);
+    pulse: the area oscillates once; grow: the area rises across the clip.
+    """
+    spin = max(
+        features["shape"] / cfg.spin_shape,
+        features["appearance"] / cfg.spin_appearance,
+        cfg.spin_per_facing * max(0, features["facings"] - 1),
+    )
+    return {
+        "spin": spin,
+        "bounce": features["bounce"] / cfg.bounce,
+        "slide": features["slide"] / cfg.slide,
+        "pulse": features["pulse"] / cfg.pulse,
+        "grow": features["grow"] / cfg.grow,
+    }
+
+
+def classify_motion(
+    frames: torch.Tensor, facing: torch.Tensor | None = None, cfg: MotionClassifierConfig = MotionClassifierConfig()
+) -> str:
+    """The motion of a clip (frames ``[F, H, W, 3]`` in [0, 1], times ``k / F``; ``facing``: the
+    judge's facing index per frame, for objects with a front): the motion with the strongest
+    relative evidence (:func:`motion_scores`), or ``"static"`` when none reaches
+    ``cfg.static_below`` — a spinning rotationally symmetric object is static to any viewer."""
+    scores = motion_scores(motion_features(frames, facing, cfg), cfg)
+    best = max(scores, key=scores.get)
+    return best if scores[best] >= cfg.static_below else STATIC
+
+
+def expected_motion(obj: WorldObject, motion: str) -> str:
+    """What a viewer can see: ``"static"`` for a spin of a rotationally symmetric object."""
+    if motion not in MOTIONS:
+        raise InputError(f"unknown motion {motion!r}; choose from {', '.join(MOTIONS)}")
+    return STATIC if motion == "spin" and obj.symmetry == "rotational" else motion
+
+
+def judge_facing(judge, frames: torch.Tensor) -> torch.Tensor:
+    """The judge's facing index per frame of ``frames [..., H, W, 3]`` in [0, 1] (shape ``[...]``)."""
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    return judge.classify(flat)["facing"].argmax(-1).view(frames.shape[:-3])
+
+
+def motion_accuracy(clips_rgb: torch.Tensor, objects: list[WorldObject], motions: list[str], judge=None) -> dict:
+    """Accuracy of :func:`classify_motion` on clips ``[N, F, H, W, 3]`` in [0, 1] of known motion
+    (against :func:`expected_motion`), with the per-motion accuracy and the confusions. With a
+    ``judge``, objects with a front also give the classifier the judge's facing per frame, as the
+    video prior's evaluation does."""
+    if not (len(clips_rgb) == len(objects) == len(motions)) or len(objects) == 0:
+        raise InputError(f"need one object and motion per clip: {len(clips_rgb)}, {len(objects)}, {len(motions)}")
+    facing = judge_facing(judge, clips_rgb) if judge is not None else None
+    right: dict[str, list[bool]] = {}
+    confusions: dict[str, int] = {}
+    for i, (rgb, obj, motion) in enumerate(zip(clips_rgb, objects, motions)):
+        seen = facing[i] if facing is not None and obj.has_front else None
+        want, got = expected_motion(obj, motion), classify_motion(rgb, seen)
+        right.setdefault(motion, []).append(want == got)
+        if want != got:
+            key = f"{want}->{got}"
+            confusions[key] = confusions.get(key, 0) + 1
+    flat = [r for v in right.values() for r in v]
+    return {
+        "accuracy": float(np.mean(flat)),
+        "per_motion": {m: float(np.mean(v)) for m, v in right.items()},
+        "confusions": dict(sorted(confusions.items(), key=lambda kv: -kv[1])),
+        "n": len(flat),
+    }
+
+
+def load_clip_rgb(clips_dir) -> tuple[torch.Tensor, list[WorldObject], list[str]]:
+    """``(rgb [N, F, H, W, 3] in [0, 1], objects, motions)`` of a :func:`render_clips` directory."""
+    path = Path(clips_dir)
+    if not (path / "index.json").is_file() or not (path / "clips.npz").is_file():
+        raise InputError(f"{path} is not a complete clip dataset (render_clips writes clips.npz and index.json)")
+    index = json.loads((path / "index.json").read_text())
+    with np.load(path / "clips.npz") as npz:
+        rgb = torch.from_numpy(npz["rgba"][..., :3]).float() / 255.0
+        objects = [WorldObject.from_id(index["objects"][int(i)]["id"]) for i in npz["object_index"]]
+        motions = [index["motions"][int(m)] for m in npz["motion_index"]]
+    return rgb, objects, motions
+
+
+def validate_motion_classifier(
+    data: Path, seed: int, n_objects: int | None = None, train_clips: bool = True, judge=None, work: Path | None = None
+) -> dict:
+    """The classifier on ground-truth clips: fresh renders of every held-out single object × motion
+    (``render_clips`` with ``seed``; the classifier's constants were set on training-object clips)
+    and the dataset's own training clips (``data/clips``) when present; with the judge's facing
+    when a ``judge`` is given (:func:`motion_accuracy`)."""
+    import tempfile
+
+    from anyto3d.zoo.dataset import render_clips
+    from anyto3d.zoo.splits import heldout_objects
+
+    singles = [o for o in heldout_objects() if o.relation is None][:n_objects]
+    out: dict = {}
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        render_clips(singles, tmp, clips_per_pair=1, n_frames=8, seed=seed)
+        out["heldout_clips"] = motion_accuracy(*load_clip_rgb(tmp), judge=judge)
+    if train_clips and (data / "clips" / "index.json").is_file():
+        out["train_clips"] = motion_accuracy(*load_clip_rgb(data / "clips"), judge=judge)
+    out["accuracy"] = out["heldout_clips"]["accuracy"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Prior evaluations
+# ---------------------------------------------------------------------------------------------
+
+
+def _judge_classifier(judge):
+    return lambda images: judge.classify(images)
+
+
+def _cycle(items: list, n: int) -> list:
+    if not items:
+        raise InputError("no held-out objects to evaluate on")
+    return [items[i % len(items)] for i in range(n)]
+
+
+def _labels(objects: list[WorldObject]) -> dict[str, torch.Tensor]:
+    from anyto3d.zoo.judge import object_labels
+
+    rows = [object_labels(o) for o in objects]
+    return {h: torch.tensor([r[h] for r in rows]) for h in ("shape", "color")}
+
+
+def _sample(prior, cond, cfg: EvalConfig, offset: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + offset)
+    return prior.sample(cond, guidance_scale=cfg.guidance_scale, steps=cfg.steps, generator=gen)
+
+
+def _heldout_objects_in(data) -> list[WorldObject]:
+    """The dataset's objects in a stable, spread-out order (sha256 rank, not catalogue order)."""
+    from anyto3d.zoo.world import stable_rank
+
+    return sorted(data.objects, key=lambda o: stable_rank(o.id, 11))
+
+
+def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
+    from anyto3d.zoo.captions import canonical_caption
+    from anyto3d.zoo.train_priors import judge_samples
+
+    objects = _cycle(_heldout_objects_in(data), cfg.samples_2d)
+    captions = [canonical_caption(o) for o in objects]
+    cond = prior.build_condition(binder.embed_texts(captions))
+    samples = _sample(prior, cond, cfg, 1)
+    scores = judge_samples(samples, _labels(objects), _judge_classifier(judge))
+    scores.update(score=scores["all"], n=len(objects))
+    return scores, samples, [{"object": o.id, "caption": c} for o, c in zip(objects, captions)]
+
+
+def _frontal_view(data, obj_index: int) -> int:
+    rows = np.nonzero(data.object_index == obj_index)[0]
+    rel = np.abs(np.mod(np.degrees(data.azimuth[rows]) + 180.0, 360.0) - 180.0)
+    return int(rows[np.argmin(rel)])
+
+
+def novel_view_requests(reference_azimuth_deg) -> tuple[np.ndarray, np.ndarray]:
+    """Asked relative azimuths ``[R, 2]`` (degrees) — 180° and ±90°, the sign turning the side
+    view away from the nearer front/side boundary — and the facing index each target has
+    (``facing_index`` of reference + Δaz; the front is at azimuth 0)."""
+    ref = np.asarray(reference_azimuth_deg, dtype=np.float64).reshape(-1)
+    asked = np.stack([np.full(ref.shape, 180.0), np.where(ref < 0, 90.0, -90.0)], axis=1)
+    expected = np.asarray(facing_index(ref[:, None] + asked), dtype=np.int64).reshape(asked.shape)
+    return asked, expected
+
+
+def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
+    """Two asked views per reference: Δaz = 180° (back) and Δaz = ±90° (side, away from the
+    nearer facing boundary); expected facing from the target azimuth (the front is at 0)."""
+    from anyto3d.zoo.train_priors import judge_samples
+
+    fronted = [o for o in _heldout_objects_in(data) if o.has_front]
+    refs = _cycle(fronted, cfg.novel_references)
+    index_of = {o.id: i for i, o in enumerate(data.objects)}
+    rows = [_frontal_view(data, index_of[o.id]) for o in refs]
+    rgb = torch.from_numpy(data.rgba[rows][..., :3]).float() / 255.0
+    ref_az = np.degrees(data.azimuth[rows]).astype(np.float64)
+    asked, expected = novel_view_requests(ref_az)
+    d_az = torch.from_numpy(np.radians(asked.reshape(-1))).float()
+    rel = torch.stack([torch.zeros_like(d_az), d_az.sin(), d_az.cos(), torch.zeros_like(d_az)], dim=1)
+    facing = torch.from_numpy(expected.reshape(-1))
+    embedding = binder.embed_image(rgb).repeat_interleave(2, 0) if prior.config.embedding_dim else None
+    cond = prior.build_condition(
+        reference_image=renderer_to_prior(rgb).repeat_interleave(2, 0), relative_camera=rel, embedding=embedding
+    )
+    samples = _sample(prior, cond, cfg, 2)
+    objects = [o for o in refs for _ in range(2)]
+    targets = {**_labels(objects), "facing": facing}
+    scores = judge_samples(samples, targets, _judge_classifier(judge))
+    scores.update(score=scores["all"], n=len(objects))
+    meta = [
+        {"object": o.id, "reference_azimuth_deg": round(float(a), 1), "asked_delta_azimuth_deg": [float(x) for x in d],
+         "expected_facing": [FACINGS[int(f)] for f in expected[i]]}
+        for i, (o, a, d) in enumerate(zip(refs, ref_az, asked))
+    ]  # fmt: skip
+    return scores, (renderer_to_prior(rgb), samples), meta
+
+
+def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
+    """Held-out 4-view groups (the dataset's cameras when it has groups of ``num_views``, else
+    ``num_views`` views of the object), objects with a front first-class: their facing is judged."""
+    from anyto3d.zoo.captions import canonical_caption
+    from anyto3d.zoo.train_priors import judge_samples
+
+    N = prior.num_views
+    objects = _heldout_objects_in(data)
+    index_of = {o.id: i for i, o in enumerate(data.objects)}
+    # alternate objects with and without a front, so both kinds are judged
+    fronted, plain = [o for o in objects if o.has_front], [o for o in objects if not o.has_front]
+    order = [o for pair in zip(fronted, plain) for o in pair] + fronted[len(plain) :] + plain[len(fronted) :]
+    picked = _cycle(order, cfg.multiview_groups)
+    rows = []
+    for k, obj in enumerate(picked):  # a repeated object takes its next group of N views
+        views = np.nonzero(data.object_index == index_of[obj.id])[0]
+        if len(views) < N:
+            raise InputError(f"{obj.id} has {len(views)} held-out views, fewer than num_views={N}")
+        j = (k // len(order)) % (len(views) // N)
+        rows.extend(views[j * N : (j + 1) * N].tolist())
+    rows = np.asarray(rows)
+    captions = [canonical_caption(o) for o in picked]
+    cond = prior.build_condition(binder.embed_texts(captions), torch.from_numpy(data.c2w[rows]))
+    samples = _sample(prior, cond, cfg, 3)
+    has_front = torch.tensor([o.has_front for o in picked])
+    facing = torch.from_numpy(data.facing[rows].astype(np.int64)).view(-1, N)
+    classifier = _judge_classifier(judge)
+    parts, weights = {}, {}
+    for name, keep in (("with_front", has_front), ("without_front", ~has_front)):
+        if not bool(keep.any()):
+            continue
+        objs = [o for o, k in zip(picked, keep.tolist()) if k]
+        targets = _labels(objs)
+        if name == "with_front":
+            targets["facing"] = facing[keep].reshape(-1)
+        view_keep = keep.repeat_interleave(N)
+        parts[name] = judge_samples(samples[view_keep], targets, classifier, group_size=N)
+        weights[name] = int(keep.sum())
+    total = sum(weights.values())
+    scores = {
+        "groups": sum(parts[k]["groups"] * w for k, w in weights.items()) / total,
+        "views": sum(parts[k]["all"] * w for k, w in weights.items()) / total,
+        **parts,
+        "n_groups": total,
+    }
+    scores["score"] = scores["groups"]
+    az = np.degrees(data.azimuth[rows]).reshape(-1, N)
+    meta = [
+        {"object": o.id, "caption": c, "azimuth_deg": [round(float(a), 1) for a in az[i]],
+         "expected_facing": [FACINGS[int(f)] for f in facing[i]] if o.has_front else None}
+        for i, (o, c) in enumerate(zip(picked, captions))
+    ]  # fmt: skip
+    return scores, samples, meta
+
+
+def evaluate_video(prior, binder, judge, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
+    """Held-out single objects × motions in turn (no spin for a rotationally symmetric object:
+    nothing would show it); the motion caption's embedding conditions the prior."""
+    from anyto3d.priors.zeroscope import video_to_frames
+    from anyto3d.zoo.motion import motion_caption
+    from anyto3d.zoo.splits import heldout_objects
+    from anyto3d.zoo.train_priors import judge_samples
+    from anyto3d.zoo.world import stable_rank
+
+    singles = sorted((o for o in heldout_objects() if o.relation is None), key=lambda o: stable_rank(o.id, 11))
+    pairs = []
+    k = 0
+    while len(pairs) < cfg.clips:
+        obj = singles[k % len(singles)]
+        motion = MOTIONS[(k + k // len(singles)) % len(MOTIONS)]
+        if expected_motion(obj, motion) != STATIC:
+            pairs.append((obj, motion))
+        k += 1
+    captions = [motion_caption(o, m) for o, m in pairs]
+    cond = prior.build_condition(binder.embed_texts(captions))
+    samples = _sample(prior, cond, cfg, 4)  # [B, 3, F, H, W]
+    objects = [o for o, _ in pairs]
+    scores = judge_samples(samples, _labels(objects), _judge_classifier(judge))
+    B, F_ = samples.shape[0], samples.shape[2]
+    frames = prior_to_renderer(video_to_frames(samples).float())  # [B·F, H, W, 3], clip-major
+    probs = judge.classify(frames)
+    object_ok = torch.ones(B, F_, dtype=torch.bool)
+    for h, lab in _labels(objects).items():
+        object_ok &= probs[h].argmax(-1).view(B, F_) == lab[:, None]
+    object_ok = object_ok.all(dim=1)
+    facing = probs["facing"].argmax(-1).view(B, F_)
+    clips = frames.view(B, F_, *frames.shape[1:])
+    got = [classify_motion(c, facing[i] if o.has_front else None) for i, (c, o) in enumerate(zip(clips, objects))]
+    motion_ok = torch.tensor([g == m for g, (_, m) in zip(got, pairs)])
+    scores.update(
+        motion=float(motion_ok.float().mean()),
+        object=scores["groups"],
+        score=float((motion_ok & object_ok).float().mean()),
+        n=len(pairs),
+        frames=F_,
+    )
+    meta = [{"object": o.id, "motion": m, "caption": c, "classified_motion": g}
+            for (o, m), c, g in zip(pairs, captions, got)]  # fmt: skip
+    return scores, samples, meta
+
+
+# ---------------------------------------------------------------------------------------------
+# Sheets
+# ---------------------------------------------------------------------------------------------
+
+
+def save_sheet(rows: list[torch.Tensor], path: Path, meta: list[dict], scale: int = 2, pad: int = 1) -> Path:
+    """Rows of images (each ``[k, 3, H, W]`` in [-1, 1]; smaller ones upscaled, nearest) as a PNG on
+    white, plus ``<path>.json`` with ``meta`` (one entry per row), written beside it."""
+    from PIL import Image
+
+    if not rows:
+        raise InputError("a sample sheet needs at least one row")
+    h = max(r.shape[-2] for r in rows)
+    w = max(r.shape[-1] for r in rows)
+    rows = [r if r.shape[-2:] == (h, w) else F.interpolate(r.float(), size=(h, w), mode="nearest") for r in rows]
+    ncol = max(r.shape[0] for r in rows)
+    canvas = torch.ones(len(rows) * (h + pad) + pad, ncol * (w + pad) + pad, 3)
+    for i, row in enumerate(rows):
+        hwc = prior_to_renderer(row.float())
+        for j in range(row.shape[0]):
+            y, x = pad + i * (h + pad), pad + j * (w + pad)
+            canvas[y : y + h, x : x + w] = hwc[j]
+    img = Image.fromarray(to_uint8(canvas))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    _write_json_atomic(path.with_suffix(".json"), {"rows": meta})
+    return path
+
+
+def _sheets(results: dict, sheets: Path, max_rows: int = 8) -> dict:
+    written = {}
+    samples, meta = results["prior2d"]
+    per_row = 8
+    rows = [samples[i : i + per_row] for i in range(0, min(len(samples), per_row * max_rows), per_row)]
+    row_meta = [meta[i : i + per_row] for i in range(0, per_row * len(rows), per_row)]
+    written["prior2d"] = save_sheet(rows, sheets / "prior2d.png", row_meta)
+    (refs, samples), meta = results["novelview"]
+    n = min(len(refs), 2 * max_rows)
+    if refs.shape[-2:] != samples.shape[-2:]:  # a reference render at the prior's sample size
+        refs = F.interpolate(refs.float(), size=samples.shape[-2:], mode="area")
+    rows = [torch.cat([refs[i : i + 1], samples[2 * i : 2 * i + 2]]) for i in range(n)]
+    row_meta = [{"columns": "reference | asked views", **m} for m in meta[:n]]
+    written["novelview"] = save_sheet(rows, sheets / "novelview.png", row_meta)
+    samples, meta = results["multiview"]
+    N = len(samples) // max(1, len(meta))
+    n = min(len(meta), max_rows)
+    written["multiview"] = save_sheet([samples[i * N : (i + 1) * N] for i in range(n)], sheets / "multiview.png", meta[:n])
+    samples, meta = results["video"]
+    n = min(len(meta), max_rows)
+    rows = [samples[i].transpose(0, 1) for i in range(n)]  # [3, F, H, W] → [F, 3, H, W]
+    written["video"] = save_sheet(rows, sheets / "video.png", meta[:n])
+    return {k: str(v) for k, v in written.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets, train seconds, the whole run
+# ---------------------------------------------------------------------------------------------
+
+
+def lookup(metrics: dict, key: str):
+    """The value at a dotted path (``"binder.text_to_image"``), or None where absent."""
+    node = metrics
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def passed(metrics: dict, targets: dict[str, float] = TARGETS) -> dict[str, bool]:
+    """Each target's figure ≥ its target (a missing or non-finite figure fails), and ``all``."""
+    out = {}
+    for key, target in targets.items():
+        value = lookup(metrics, key)
+        out[key] = isinstance(value, (int, float)) and math.isfinite(value) and value >= target
+    out["all"] = all(out.values())
+    return out
+
+
+def train_seconds(models_root: Path | None = None) -> dict:
+    """Training time of each model from its ``metrics.json``: ``train_seconds`` (encoders) or, for
+    the priors and VAE whose metrics carry only a rate, ``steps / steps_per_s`` (an estimate that
+    leaves out start-up and the first steps). ``None`` where a model has no metrics."""
+    from anyto3d.zoo.build import MODEL_NAMES, model_dir
+
+    out: dict = {}
+    for name in MODEL_NAMES:
+        path = model_dir(name, models_root) / "metrics.json"
+        value = None
+        if path.is_file():
+            m = json.loads(path.read_text())
+            for key in ("train_seconds", "seconds", "elapsed_s", "wall_seconds"):
+                if isinstance(m.get(key), (int, float)):
+                    value = float(m[key])
+                    break
+            else:
+                rate, steps = m.get("steps_per_s"), m.get("steps")
+                if isinstance(rate, (int, float)) and rate > 0 and isinstance(steps, (int, float)):
+                    value = float(steps) / float(rate)
+        out[name] = None if value is None else round(value, 1)
+    return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+
+def evaluate_zoo(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    sheets: str | os.PathLike | None = None,
+    cfg: EvalConfig | None = None,
+    models_root: str | os.PathLike | None = None,
+    allow_missing: bool = False,
+) -> dict:
+    """The whole evaluation (module docstring); writes ``out`` atomically and returns its content.
+    ``allow_missing``: a prior not trained yet is recorded as ``{"missing": why}`` (its target then
+    fails, and no sheets are written) instead of raising :class:`MissingWeightsError`."""
+    from anyto3d.zoo.binder import TinyBinder
+    from anyto3d.zoo.build import model_dir
+    from anyto3d.zoo.dataset import load_dataset
+    from anyto3d.zoo.judge import TinyJudge
+    from anyto3d.zoo.priors import load_tiny_prior
+    from anyto3d.zoo.train_encoders import evaluate_binder, evaluate_judge
+
+    cfg = cfg or EvalConfig()
+    data = Path(data)
+    heldout_dir = data / "heldout"
+    if not (heldout_dir / "index.json").is_file():
+        raise InputError(f"{heldout_dir} is not a rendered held-out split (python -m anyto3d.zoo.build data --out {data})")
+    root = Path(models_root) if models_root is not None else None
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        return result
+
+    binder = TinyBinder.from_pretrained(model_dir("binder", root))
+    judge = TinyJudge.from_pretrained(model_dir("judge", root))
+    heldout = load_dataset(heldout_dir)
+    metrics: dict = {
+        "binder": timed("binder", evaluate_binder, binder, heldout_dir, "heldout"),
+        "judge": timed("judge", evaluate_judge, judge, heldout_dir, "heldout"),
+        "motion_classifier": timed("motion_classifier", validate_motion_classifier, data, cfg.motion_validation_seed,
+                                   cfg.motion_validation_objects, cfg.motion_validation_train_clips, judge),
+        "priors": {},
+    }
+    results = {}
+    with torch.no_grad():
+        for kind in ("prior2d", "novelview", "multiview", "video"):
+            try:
+                prior = load_tiny_prior(model_dir(kind, root))
+            except MissingWeightsError as err:
+                if not allow_missing:
+                    raise
+                metrics["priors"][kind] = {"missing": str(err)}
+                continue
+            if kind == "video":
+                scores, samples, meta = timed(kind, evaluate_video, prior, binder, judge, cfg)
+            else:
+                fn = {"prior2d": evaluate_prior2d, "novelview": evaluate_novelview, "multiview": evaluate_multiview}[kind]
+                scores, samples, meta = timed(kind, fn, prior, binder, judge, heldout, cfg)
+            scores.update(guidance_scale=cfg.guidance_scale, ddim_steps=cfg.steps, seed=cfg.seed, latent=prior.vae is not None)
+            metrics["priors"][kind] = scores
+            results[kind] = (samples, meta)
+    if sheets is not None and len(results) == 4:
+        metrics["sheets"] = _sheets(results, Path(sheets))
+    metrics["targets"] = dict(TARGETS)
+    metrics["passed"] = passed(metrics)
+    metrics["train_seconds"] = train_seconds(root)
+    metrics["config"] = asdict(cfg)
+    metrics["eval_seconds"] = {**timings, "total": round(time.perf_counter() - started, 1)}
+    _write_json_atomic(Path(out), metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m anyto3d.zoo.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--data", default="data/zoo", help="the zoo dataset (build data): heldout/ and clips/")
+    parser.add_argument("--out", default="metrics/zoo.json")
+    parser.add_argument("--sheets", default="metrics/zoo", help="directory for the sample sheets")
+    parser.add_argument("--models", default=None, help="models root (default $ANYTO3D_TINY_MODELS or the packaged zoo)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="N 2D samples; the other counts scale with N / 64 "
+                        "(defaults: 64 2D samples, 32 references × 2 novel views, 32 groups, 24 clips)")
+    parser.add_argument("--steps", type=int, default=EvalConfig.steps)
+    parser.add_argument("--guidance", type=float, default=EvalConfig.guidance_scale)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--allow-missing", action="store_true", help="record untrained priors as missing instead of failing")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = EvalConfig(steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
+    if args.samples is not None:
+        if args.samples < 4:
+            raise InputError(f"--samples must be >= 4, got {args.samples}")
+        scale = args.samples / EvalConfig.samples_2d
+        cfg.samples_2d = args.samples
+        for name in ("novel_references", "multiview_groups", "clips"):
+            setattr(cfg, name, max(1, round(getattr(EvalConfig, name) * scale)))
+    metrics = evaluate_zoo(args.data, args.out, args.sheets, cfg, args.models, args.allow_missing)
+    print(json.dumps({"passed": metrics["passed"], "eval_seconds": metrics["eval_seconds"]}, indent=1))
+    return metrics
+
+
+__all__ = [
+    "MOTION_LABELS",
+    "STATIC",
+    "TARGETS",
+    "EvalConfig",
+    "MotionClassifierConfig",
+    "classify_motion",
+    "evaluate_multiview",
+    "evaluate_novelview",
+    "evaluate_prior2d",
+    "evaluate_video",
+    "evaluate_zoo",
+    "expected_motion",
+    "judge_facing",
+    "load_clip_rgb",
+    "lookup",
+    "main",
+    "motion_accuracy",
+    "motion_features",
+    "motion_scores",
+    "novel_view_requests",
+    "passed",
+    "save_sheet",
+    "silhouette",
+    "train_seconds",
+    "validate_motion_classifier",
+]
+
+
+if __name__ == "__main__":
+    main()
