@@ -136,6 +136,7 @@ def _suite(args: argparse.Namespace) -> int:
         results=args.results,
         tables_out=None if args.no_tables else args.tables_out,
         executor="local" if args.local else "prefect",
+        limit=args.limit or None,
     )
     print(f"{result['n_items']} generations ({result['n_executed_steps']} steps ran, the rest from the store)")
     for path in result["written"]:
@@ -266,6 +267,7 @@ def _build_flow_parsers(sub) -> None:
     st.add_argument("--suite", default="asymmetric", help="a tiny-world suite (anyto3d.zoo.splits.SUITE_NAMES)")
     st.add_argument("--methods", nargs="+", default=["xbind"])
     st.add_argument("--seeds", type=int, nargs="+", default=[0])
+    st.add_argument("--limit", type=int, default=0, help="only the first N objects of the suite per modality (0: all)")
     st.add_argument("--modalities", nargs="+", default=["text", "image", "audio"], choices=["text", "image", "audio"])
     st.add_argument("--inputs", default=None, help="suite inputs (default data/suites/<suite>, written if absent)")
     st.add_argument("--outputs", default=None, help="where each item's products go (default outputs/suite-<suite>/)")

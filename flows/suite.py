@@ -97,13 +97,15 @@ def suite(
     executor: str = "prefect",
     *,
     objects: Sequence[str] | None = None,
+    limit: int | None = None,
     store: Store | str | os.PathLike | None = None,
     tracker=None,
     steps: PipelineSteps | None = None,
 ) -> dict:
     """Run the suite; returns the per-item results and the files written (module docstring).
 
-    ``objects`` restricts the suite to those object ids (smoke runs); ``results`` is a JSON file
+    ``objects`` restricts the suite to those object ids (smoke runs), ``limit`` to its first
+    ``limit`` objects per modality (retrieval still ranks among all the suite's prompts); ``results`` is a JSON file
     for the per-item results; ``tables_out`` a directory for Table I (``None``: no table).
     """
     if executor not in EXECUTORS:
@@ -130,6 +132,7 @@ def suite(
             data = load_modality_suite(inputs_dir, modality)
             prompts = data["prompts"]
             chosen = [i for i, p in enumerate(prompts) if objects is None or p.get("object", p.get("label")) in objects]
+            chosen = chosen[:limit] if limit else chosen
             for i in chosen:
                 prompt = prompts[i]
                 label = str(prompt.get("label") or i)
