@@ -12,8 +12,8 @@ for key, value in {
 }.items():
     os.environ[key] = value
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 
 @pytest.fixture(autouse=True)
@@ -29,3 +29,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def test_zoo(tmp_path_factory):
+    """A complete tiny zoo with random weights at test sizes, built once per session (read-only)."""
+    from anyto3d.zoo.fixtures import build_test_zoo
+
+    return build_test_zoo(tmp_path_factory.mktemp("test-zoo"))

@@ -28,11 +28,9 @@ FAST = [
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory):
-    from anyto3d.zoo.fixtures import build_test_zoo
-
+def zoo(test_zoo):
     torch.set_num_threads(1)
-    return build_test_zoo(tmp_path_factory.mktemp("zoo"))
+    return test_zoo
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from anyto3d.methods import method_from_config, phase_from_dict
 from anyto3d.models import build_supervision, load_models, needs_for
 from anyto3d.reference_view import ReferenceView, reference_camera
 from anyto3d.zoo.binder import TinyBinder
-from anyto3d.zoo.fixtures import build_test_zoo
 from anyto3d.zoo.judge import TinyJudge
 from anyto3d.zoo.priors import (
     TinyImagePrior,
@@ -28,8 +27,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
-    return build_test_zoo(tmp_path_factory.mktemp("zoo"))
+def zoo(test_zoo):
+    return test_zoo
 
 
 def tiny(zoo: Path) -> dict:

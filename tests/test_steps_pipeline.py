@@ -15,7 +15,6 @@ from anyto3d.errors import InputError
 from anyto3d.methods import method_from_config
 from anyto3d.modality import TextPrompt, load_image
 from anyto3d.state_io import load_state
-from anyto3d.zoo.fixtures import build_test_zoo
 from steps import (
     encode_modality,
     nerf_coarse,
@@ -32,8 +31,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory) -> Path:
-    return build_test_zoo(tmp_path_factory.mktemp("zoo"))
+def zoo(test_zoo):
+    return test_zoo
 
 
 @pytest.fixture(autouse=True)
