@@ -279,9 +279,10 @@ def build_supervision(models: ModelSet, embedding: torch.Tensor, reference=None,
         sup.novel_view_inputs = _novel_view_inputs(models, reference)
     if wanted("multiview"):
         sup.multiview = models.multiview
+        sup.multiview_inputs = prompt_inputs(models.multiview, emb, prompt_text)
     if wanted("video"):
         sup.video = models.video
-        sup.video_condition = _video_condition(models.video, emb, prompt_text)
+        sup.video_condition = models.video.build_condition(**prompt_inputs(models.video, emb, prompt_text))
     if wanted("lora"):
         sup.lora = models.lora
     return sup
@@ -311,13 +312,14 @@ def _novel_view_inputs(models: ModelSet, reference) -> dict:
         return {"embedding": encoder.embed_image(reference.rgb[None].float())}
 
 
-def _video_condition(prior, embedding: torch.Tensor, prompt_text):
-    names = set(_condition_parameters(prior))
-    if "embedding" in names:
-        return prior.build_condition(embedding=embedding)
+def prompt_inputs(prior, embedding: torch.Tensor, prompt_text) -> dict:
+    """The prompt's ``build_condition`` inputs for a prior that takes either C_m (the tiny
+    multi-view and video priors) or the prompt's text (MVDream, Zeroscope)."""
+    if "embedding" in set(_condition_parameters(prior)):
+        return {"embedding": embedding}
     if prompt_text is None:
-        raise InputError("the video prior is text-conditioned: give the prompt text")
-    return prior.build_condition(text=prompt_text)
+        raise InputError(f"{type(prior).__name__} is text-conditioned: give the prompt text")
+    return {"text": prompt_text}
 
 
 def _condition_parameters(prior) -> list[str]:
@@ -340,6 +342,7 @@ __all__ = [
     "load_models",
     "needs_for",
     "prior2d_condition",
+    "prompt_inputs",
     "tiny_models_root",
 ]
 

@@ -99,7 +99,7 @@ class Supervision:
     conditioned on ``reference`` and the relative camera (``novel_view_inputs`` are extra
     ``build_condition`` inputs); ``binder`` the aligned encoder (``embed_image``) or a callable
     images → embeddings for the MS loss, with ``embedding`` C_m; ``cds_noise`` the fixed ε* of
-    CDS; for 4D-fy ``multiview`` (MVDream, text ``prompt_text``), ``lora`` (VSD) and ``video``
+    CDS; for 4D-fy ``multiview`` (MVDream or tiny, prompt inputs ``multiview_inputs``), ``lora`` (VSD) and ``video``
     (Zeroscope, ``video_condition``).
     """
 
@@ -115,6 +115,7 @@ class Supervision:
     lora: Prior | None = None
     video: Prior | None = None
     video_condition: Condition | None = None
+    multiview_inputs: dict[str, Any] | None = None  # {"text": …} (MVDream) or {"embedding": C_m} (tiny)
     prompt_text: list[str] | None = None
 
     def require(self, name: str, term: str):
@@ -382,7 +383,7 @@ def _term_multiview_sds(ctx: StepContext, term: LossTermConfig):
     if ctx.phase.representation == "dynamic_nerf":
         cams = replace(cams, times=torch.rand(1, generator=ctx.generator).expand(n_views).clone())
     images = ctx.render(cams).rgb
-    cond = prior.build_condition(text=sup.require("prompt_text", term.name), cameras=cams)
+    cond = prior.build_condition(cameras=cams, **sup.require("multiview_inputs", term.name))
     kwargs = _distill_kwargs(term, "reconstruction", "recon_std_rescale")
     return multiview_sds(prior, images, cond, ctx.timestep(term, prior), n_views=n_views, generator=ctx.generator, **kwargs)
 

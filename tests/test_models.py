@@ -108,6 +108,29 @@ def test_build_supervision_conditions_each_prior_with_its_own_builder(zoo):
     assert limited.prior2d is ms.prior2d and limited.novel_view is None and limited.binder is None
 
 
+def test_4dfy_priors_get_the_prompt_input_their_builder_takes(zoo):
+    """The tiny multi-view and video priors take C_m; MVDream and Zeroscope take the text."""
+    from anyto3d.cameras import CameraSamplerConfig, sample_multiview_cameras
+    from anyto3d.models import prompt_inputs
+
+    ms = load_models(tiny(zoo), {"multiview", "video"})
+    emb = torch.nn.functional.normalize(torch.randn(1, ms.multiview.config.embedding_dim), dim=-1)
+    sup = build_supervision(ms, emb, prompt_text=["a red cube"])
+    assert set(sup.multiview_inputs) == {"embedding"} and torch.equal(sup.multiview_inputs["embedding"], emb)
+    cams = sample_multiview_cameras(CameraSamplerConfig(), ms.multiview.num_views, torch.Generator().manual_seed(0))
+    cond = ms.multiview.build_condition(cameras=cams, **sup.multiview_inputs)
+    assert cond["embedding"].shape == (ms.multiview.num_views, emb.shape[1])
+    assert torch.equal(sup.video_condition["embedding"], emb)
+
+    class TextOnly:
+        def build_condition(self, text=None, cameras=None, **unused):
+            return {"text": text}
+
+    assert prompt_inputs(TextOnly(), emb, ["a red cube"]) == {"text": ["a red cube"]}
+    with pytest.raises(InputError, match="text-conditioned"):
+        prompt_inputs(TextOnly(), emb, None)
+
+
 def test_clear_cache_forgets_models(zoo):
     first = load_models(tiny(zoo), {"prior2d"}).prior2d
     models_mod.clear_cache()
