@@ -97,23 +97,32 @@ def build_embeddings(data: Path, seed: int) -> dict:
     return {"views": int(image.shape[0]), "clips": int(caption_id.shape[0]), "dim": binder.dim}
 
 
-def build_encoder(kind: str, data: Path, steps: int, audio_steps: int | None, seed: int) -> dict:
+def build_encoder(kind: str, data: Path, steps: int, audio_steps: int | None, seed: int, audio_only: bool = False) -> dict:
+    """Train the binder or the judge. ``audio_only`` (binder): keep the published binder's image
+    and text towers, so the priors' conditioning stays valid, and train a new audio tower."""
+    import shutil
+
     from anyto3d.zoo.train_encoders import main as train_encoders
 
-    out = _work_dir(data, kind)
+    out = _work_dir(data, kind + ("-audio" if audio_only else ""))
     args = [kind, "--data", str(data / "train"), "--eval-data", str(data / "heldout"), "--out", str(out),
             "--steps", str(steps), "--seed", str(seed), "--no-progress"]  # fmt: skip
     if audio_steps is not None:
         args += ["--audio-steps", str(audio_steps)]
+    if audio_only:
+        source = out.with_name(out.name + "-source")
+        if not source.is_dir():  # a copy: the published directory is replaced at the end
+            shutil.copytree(model_dir(kind), source)
+        args += ["--audio-only-from", str(source)]
     metrics = train_encoders(args)
     _publish(out, out, model_dir(kind))
     return metrics
 
 
-def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkpoint_every: int) -> dict:
+def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkpoint_every: int, latent: bool = True) -> dict:
     from safetensors.torch import load_file
 
-    from anyto3d.zoo.binder import TinyBinder
+    from anyto3d.module_io import CONFIG_NAME
     from anyto3d.zoo.train_priors import TrainConfig, train_prior, train_vae
 
     out = _work_dir(data, kind)
@@ -122,7 +131,7 @@ def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkp
         cfg.lr, cfg.ema_decay = 1e-3, 0.99
         metrics = train_vae(data / "train", out, steps, seed, cfg=cfg)
     else:
-        dim = TinyBinder.from_pretrained(model_dir("binder")).dim
+        dim = json.loads((model_dir("binder") / CONFIG_NAME).read_text())["config"]["dim"]
         source = EMBEDDINGS["clips" if kind == "video" else "views"]
         key = "image" if kind == "novelview" else "embedding"
         embeddings = load_file(str(data / source))[key]
@@ -132,7 +141,7 @@ def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkp
             out,
             steps,
             seed,
-            vae_dir=model_dir("vae"),
+            vae_dir=model_dir("vae") if latent else None,
             embeddings=embeddings,
             cfg=cfg,
             embedding_dim=dim,
@@ -181,6 +190,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--clips-per-pair", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--audio-only", action="store_true",
+                        help="binder: keep the published image and text towers; train only a new audio tower")
+    parser.add_argument("--latent", action=argparse.BooleanOptionalAction, default=True,
+                        help="priors: train in the tiny VAE's latents (default) or in pixels (--no-latent)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -191,9 +204,9 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.stage == "embed":
         result = build_embeddings(data, args.seed)
     elif args.stage in ("binder", "judge"):
-        result = build_encoder(args.stage, data, args.steps, args.audio_steps, args.seed)
+        result = build_encoder(args.stage, data, args.steps, args.audio_steps, args.seed, args.audio_only)
     else:
-        result = build_prior(args.stage, data, args.steps, args.seed, args.batch, args.checkpoint_every)
+        result = build_prior(args.stage, data, args.steps, args.seed, args.batch, args.checkpoint_every, args.latent)
     result = {k: v for k, v in result.items() if k != "loss_curve"}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=1, default=str))
