@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from anyto3d.cameras import orbit_cameras
+from anyto3d.cameras import headlight, orbit_cameras
 from anyto3d.errors import InputError
 from anyto3d.fields.dmtet import DMTetConfig, DMTetGeometry
 from anyto3d.fields.nerf import CPU_DENSE_NERF, PAPER_NERF, NeRFField, NeRFFieldConfig
@@ -282,8 +282,10 @@ def preview_images(state: OptimState, phase: PhaseConfig, size: int, n_views: in
     """``n_views`` renders around the object (what the phase's priors saw: RGB or normals), [V, H, W, 3]."""
     cams = orbit_cameras(n_views, elevation_deg=15.0)
     view_phase = replace(phase, name="preview")
+    shaded = phase.shading == "lambertian"  # DreamFusion's phase: shade under a headlight, as it trained
     with torch.no_grad():
-        out = render_state(state, view_phase, cams, size, size, with_normal=phase.render == "normal", stratified=False)
+        out = render_state(state, view_phase, cams, size, size, lights=headlight(cams) if shaded else None,
+                           with_normal=phase.render == "normal" or shaded, stratified=False)
     if phase.render == "normal" and phase.representation in ("nerf", "dynamic_nerf"):
         return out.normal_image()
     return out.rgb

@@ -276,3 +276,22 @@ def test_prompt_json_and_stages_for_reject_bad_requests():
     cfg = cut_config()
     fantasia = yaml.safe_load((CONF / "method" / "fantasia3d.yaml").read_text())
     assert [s.name for s in stages_for({"method": fantasia, "model": cfg["model"]})] == ["dmtet_geometry", "dmtet_texture"]
+
+
+def test_preview_of_a_shaded_phase_lights_it_as_training_did():
+    """DreamFusion's phase shades (lambertian): its preview needs lights, as its training renders
+    have (a headlight); the shaded strip is darker than the albedo one, never an error."""
+    from dataclasses import replace as dc_replace
+
+    from anyto3d.fields.nerf import CPU_DENSE_NERF, NeRFField
+    from anyto3d.methods import phase_from_dict
+    from anyto3d.optimize import OptimState
+    from anyto3d.render.volume import VolumeRendererConfig
+    from steps.phase_common import preview_images
+
+    torch.manual_seed(0)
+    state = OptimState(field=NeRFField(dc_replace(CPU_DENSE_NERF, hidden_dim=16)), volume=VolumeRendererConfig(n_samples=16))
+    shaded = preview_images(state, phase_from_dict("coarse", {"shading": "lambertian", "lights": True}), 16)
+    albedo = preview_images(state, phase_from_dict("coarse", {}), 16)
+    assert shaded.shape == albedo.shape == (4, 16, 16, 3) and torch.isfinite(shaded).all()
+    assert float(shaded.mean()) < float(albedo.mean())
