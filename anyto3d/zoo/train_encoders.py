@@ -298,7 +298,6 @@ def train_binder(
             if (step + 1) % train.checkpoint_every == 0 or step + 1 == steps:
                 _save_checkpoint(ckpt_path, model, opt, "text", step + 1)
         bar.close()
-        phase, start = "audio", 0
     log["text_seconds"] = round(time.perf_counter() - started, 2)
 
     train_audio(model, views, per_object, audio_steps, seed, train, ckpt_path, state, log, progress)
@@ -379,8 +378,9 @@ def retrain_audio(binder_dir, dataset_dir, out_dir, audio_steps: int, seed: int 
     log: dict = {"seed": seed, "steps": 0, "audio_steps": audio_steps, "n_views": len(views), "n_objects": len(views.objects),
                  "loss_text": [], "loss_audio": [], "text_seconds": 0.0, "audio_only": True}  # fmt: skip
     previous = Path(binder_dir) / "train_log.json"
-    if previous.is_file():  # the kept towers' own training time, so the binder's total stays true
-        log["text_seconds"] = json.loads(previous.read_text()).get("text_seconds", 0.0)
+    if previous.is_file():  # the kept towers' own training record, so the binder's totals stay true
+        first = json.loads(previous.read_text())
+        log.update({k: first[k] for k in ("steps", "text_seconds", "loss_text") if k in first})
     train_audio(model, views, per_object, audio_steps, seed, train, ckpt_path, _load_checkpoint(ckpt_path), log, progress)
     model.freeze().save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log))
