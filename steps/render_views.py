@@ -31,8 +31,6 @@ from steps.contract import step
 from steps.phase_common import STATE_DIR, preset
 
 ELEVATION_DEG = 15.0
-#: NeRF density at the surface of a NeRF-only state's mesh: XBind's NeRF -> DMTet threshold (§V-A).
-NERF_ISOSURFACE_THRESHOLD = 10.0
 SHEET_VIEWS = 12
 
 
@@ -45,7 +43,7 @@ def _setting(render: dict, key: str, kind):
     return kind(value)
 
 
-def textured_mesh(state: OptimState, texture_size: int, extract_resolution: int):
+def textured_mesh(state: OptimState, texture_size: int, extract_resolution: int, extract_threshold: float):
     """(mesh with UVs, texture [S, S, 3]) of the state: DMTet + texture field, or the NeRF's surface."""
     if state.geometry is not None:
         if state.texture is None:
@@ -54,8 +52,7 @@ def textured_mesh(state: OptimState, texture_size: int, extract_resolution: int)
     else:
         if state.field is None:
             raise InputError("the state has neither a NeRF nor a DMTet")
-        converted = nerf_to_dmtet(state, DMTetConfig(resolution=extract_resolution,
-                                                    isosurface_threshold=NERF_ISOSURFACE_THRESHOLD))
+        converted = nerf_to_dmtet(state, DMTetConfig(resolution=extract_resolution, isosurface_threshold=extract_threshold))
         mesh = converted.geometry.mesh().detach()
         field = state.field
 
@@ -90,7 +87,7 @@ def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir
     pick = np.linspace(0, n_views, min(SHEET_VIEWS, n_views), endpoint=False).astype(int)
     Image.fromarray(contact_sheet(rgb[pick], columns=min(6, len(pick)))).save(out_dir / "contact_sheet.png")
 
-    mesh, texture = textured_mesh(state, p.texture_size, p.extract_resolution)
+    mesh, texture = textured_mesh(state, p.texture_size, p.extract_resolution, p.extract_threshold)
     export_glb(out_dir / "mesh.glb", mesh, texture)
     return {"views": n_views, "resolution": resolution, "mesh_vertices": mesh.num_vertices,
             "mesh_faces": mesh.num_faces, "mean_alpha": round(float(alpha.mean()) / 255.0, 6),
