@@ -222,9 +222,8 @@ class AudioTower(nn.Module):
        h × f, so a note's timbre is one vector at its fundamental's bin, the same at any pitch.
     2. 2-D convs over (bin, time), small in frequency (pitch jitter) and strided in time.
     3. Per time step, a softmax over bins (a learnt salience on top of harmonic summation)
-       picks the note: the features
-       there are its timbre, a learnt table read there is its pitch; a max over bins keeps
-       quieter parts (the drone). So timbre and pitch arrive as separate inputs, and a shape's
+       picks the note: the features there are its timbre, a learnt table read there is its
+       pitch; a max over bins keeps quieter parts (the drone). So timbre and pitch arrive as separate inputs, and a shape's
        timbre heard at a colour's pitch never seen with it in training is still that timbre.
     4. 1-D convs over time (the rhythm of a composition), mean+max pooled, linear to ``dim``.
     """
@@ -232,7 +231,7 @@ class AudioTower(nn.Module):
     def __init__(self, cfg: BinderConfig):
         super().__init__()
         front, c = cfg.audio, cfg.audio_channels
-        self.register_buffer("offsets", torch.tensor(front.harmonic_offsets()), persistent=False)
+        self.offsets = tuple(front.harmonic_offsets())
         self.n_fund = front.fundamental_bins
         h = front.harmonics
         self.notes = nn.Sequential(
@@ -254,7 +253,7 @@ class AudioTower(nn.Module):
 
     def harmonic_stack(self, spec: torch.Tensor) -> torch.Tensor:
         """[B, bins, T] -> [B, harmonics, fundamental_bins, T]."""
-        return torch.stack([spec[:, int(o) : int(o) + self.n_fund] for o in self.offsets], dim=1)
+        return torch.stack([spec[:, o : o + self.n_fund] for o in self.offsets], dim=1)
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         stack = self.harmonic_stack(spec)
