@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,7 @@ from anyto3d.zoo.train_priors import (
     judge_samples,
     load_view_images,
     reconstruction_error,
+    same_lens_groups,
     sample_sheet,
     train_prior,
     world_view_embeddings,
@@ -174,6 +176,60 @@ def test_prior_interface_shapes_cfg_condition_and_round_trip(kind, tmp_path):
         torch.testing.assert_close(
             loaded.predict_noise(z, t, cond), eps, atol=0, rtol=0
         )
+
+
+@pytest.mark.parametrize("kind", list(CASES))
+def test_fresh_priors_read_the_embedding_at_unit_rms_and_old_configs_do_not(kind, tmp_path):
+    cls, _ = CASES[kind]
+    overrides = {"embedding_dim": 8} if kind == "novelview" else {}
+    prior = cls.build_tiny("test", **overrides)
+    assert prior.config.scale_embedding  # every fresh prior scales
+    unit = torch.nn.functional.normalize(torch.randn(3, 8, generator=_gen(5)), dim=-1)
+    scaled = prior.embedding_input(unit, torch.float32)
+    torch.testing.assert_close(scaled.pow(2).mean(-1), torch.ones(3))
+    # weights saved before the field existed load unscaled, as they were trained
+    prior.save_pretrained(tmp_path / kind)
+    cfg_path = tmp_path / kind / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["scale_embedding"]
+    cfg_path.write_text(json.dumps(cfg))
+    old = load_tiny_prior(tmp_path / kind)
+    assert not old.config.scale_embedding
+    torch.testing.assert_close(old.embedding_input(unit, torch.float32), unit)
+
+
+def test_novel_view_pairs_share_object_and_lens():
+    objects = np.array([0, 0, 0, 0, 1, 1, 0])
+    fovy = np.radians([40.0, 40.0, 30.0, 30.0, 40.0, 40.0, 40.00001])
+    g = same_lens_groups(objects, fovy)
+    assert g[0] == g[1] == g[6]  # same object, same lens (to 1e-4 rad)
+    assert g[2] == g[3] and g[2] != g[0]  # another lens: another group
+    assert g[4] == g[5] and len({g[0], g[2], g[4]}) == 3  # another object: another group
+
+
+@pytest.mark.parametrize("harmonics", [0, 2])
+def test_novel_view_camera_paths(harmonics):
+    """K > 0: the camera has its own MLP on [Δpolar, Δr, sin kΔaz, cos kΔaz]; 0: the saved
+    layout, one MLP over camera and embedding."""
+    prior = _randomise(TinyNovelViewPrior.build_tiny("test", embedding_dim=8, camera_harmonics=harmonics))
+    assert hasattr(prior, "camera_proj") == (harmonics > 0)
+    if harmonics:
+        az = torch.tensor([0.3, -2.0])
+        cam = torch.stack([torch.tensor([0.1, 0.0]), az.sin(), az.cos(), torch.tensor([0.2, -0.1])], 1)
+        f = prior.camera_features(cam)
+        torch.testing.assert_close(f[:, :2], cam[:, [0, 3]])
+        torch.testing.assert_close(f[:, 2:4], torch.stack([az.sin(), (2 * az).sin()], 1))
+        torch.testing.assert_close(f[:, 4:], torch.stack([az.cos(), (2 * az).cos()], 1))
+    ref = torch.rand(1, 3, 16, 16, generator=_gen(3)) * 2 - 1
+    emb = torch.nn.functional.normalize(torch.randn(1, 8, generator=_gen(6)), dim=-1)
+    z = torch.randn(2, 3, 16, 16, generator=_gen(4))
+    cams = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+    with torch.no_grad():
+        eps = prior.predict_noise(z, torch.tensor([400, 400]), prior.build_condition(
+            reference_image=ref, relative_camera=cams, embedding=emb))
+        other = prior.predict_noise(z, torch.tensor([400, 400]), prior.build_condition(
+            reference_image=ref, relative_camera=cams.flip(0), embedding=emb))
+    assert (eps - other).abs().mean() > 1e-3  # the camera is read on either path
 
 
 def test_novel_view_relative_camera_changes_the_output():
@@ -343,13 +399,17 @@ def test_training_resumes_exactly(views_dir, tmp_path):
     straight = train_prior(
         "multiview", views_dir, tmp_path / "a", 4, seed=3, preset="test", cfg=cfg
     )
-    train_prior(
+    first = train_prior(
         "multiview", views_dir, tmp_path / "b", 2, seed=3, preset="test", cfg=cfg
     )
     resumed = train_prior(
         "multiview", views_dir, tmp_path / "b", 4, seed=3, preset="test", cfg=cfg
     )
     assert resumed["resumed_from"] == 2
+    # the resumed run's time includes the first run's loop (carried in the checkpoint)
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "step-00000002.pt", weights_only=True)
+    assert 0 < ckpt["seconds"] <= first["train_seconds"]
+    assert resumed["train_seconds"] >= ckpt["seconds"]
     assert resumed["loss_last"] == pytest.approx(straight["loss_last"], rel=1e-6)
     a = load_tiny_prior(tmp_path / "a" / "model").state_dict()
     b = load_tiny_prior(tmp_path / "b" / "model").state_dict()

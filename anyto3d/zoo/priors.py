@@ -226,6 +226,12 @@ class TinyUNetConfig:
     # v-prediction trained much faster than ε at this scale (measured with the losses helper)
     prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
     latent_factor: int = 1  # image pixels per UNet cell (1: pixel space)
+    # Feed the unit embedding at unit per-component RMS (× √D). Unscaled, its components
+    # (≈ 0.09 at D = 128) were a twentieth of the inputs beside them (noise-level features,
+    # cameras), and the 2D prior learnt colour but no shape: 0.06 of samples had the asked
+    # shape, even for training objects (measured). False only for weights saved before the
+    # field existed.
+    scale_embedding: bool = False
 
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -278,6 +284,13 @@ class TinyPriorMixin:
     config_class: ClassVar[type] = TinyUNetConfig
     #: presets for ``build_tiny``: "planned" (the trained sizes) and "test" (CPU-test sizes)
     presets: ClassVar[dict[str, dict]] = {}
+
+    def embedding_input(self, embedding: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The conditioning embedding as the network reads it (``scale_embedding``: × √D)."""
+        embedding = embedding.to(dtype)
+        if self.config.scale_embedding:
+            embedding = embedding * math.sqrt(self.config.embedding_dim)
+        return embedding
 
     # -- VAE ------------------------------------------------------------------------------------
     def _attach_vae(self, vae) -> None:
@@ -347,7 +360,8 @@ class TinyPriorMixin:
             raise InputError(
                 f"unknown preset {preset!r} for {cls.__name__}; choose from {', '.join(cls.presets)}"
             )
-        values = {**cls.presets[preset], **overrides}
+        # every fresh prior scales its embedding; only weights saved without the field do not
+        values = {"scale_embedding": True, **cls.presets[preset], **overrides}
         if vae is not None:
             values.setdefault("channels", int(vae.config.latent_channels))
             values.setdefault("latent_factor", vae_factor(vae))
@@ -454,11 +468,6 @@ class TinyImagePriorConfig(TinyUNetConfig):
     noise_aug_max: float = (
         1.0  # training draws ℓ = max · u², u ~ U(0, 1) (biased to light noise)
     )
-    # Feed the unit embedding at unit per-component RMS (× √D). Unscaled, its components
-    # (≈ 0.09 at D = 128) were a twentieth of the level features' beside them, and 2,000 steps
-    # learnt the colour but no shape: 0.06 of samples had the asked shape, even for training
-    # objects (measured). False only for weights saved before the field existed.
-    scale_embedding: bool = False
 
 
 class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
@@ -470,11 +479,10 @@ class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
 
     config_class: ClassVar[type] = TinyImagePriorConfig
     presets: ClassVar[dict[str, dict]] = {
-        "planned": {"image_size": 32, "embedding_dim": 64, "scale_embedding": True},
+        "planned": {"image_size": 32, "embedding_dim": 64},
         "test": {
             "image_size": 16,
             "embedding_dim": 8,
-            "scale_embedding": True,
             "block_out_channels": (16, 32),
             "attention": (False, True),
             "attention_head_dim": 16,
@@ -528,9 +536,7 @@ class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
         feats = sinusoidal_features(
             cond["noise_level"].to(z_t.dtype), self.config.level_features
         )
-        embedding = cond["embedding"].to(z_t.dtype)
-        if self.config.scale_embedding:
-            embedding = embedding * math.sqrt(self.config.embedding_dim)
+        embedding = self.embedding_input(cond["embedding"], z_t.dtype)
         emb = self.embedding_proj(torch.cat([embedding, feats], dim=-1))
         return self.unet(z_t, t, class_labels=emb).sample
 
@@ -551,6 +557,11 @@ class TinyNovelViewConfig(TinyUNetConfig):
     """``embedding_dim`` 0 disables the reference-embedding input (camera only)."""
 
     embedding_dim: int = 0
+    # 0: the raw relative camera shares one MLP with the embedding (weights saved before this
+    # field). K > 0: the camera, with sin/cos of k·Δaz for k = 1..K, has an MLP of its own. In the
+    # shared MLP the 4 camera inputs sat beside 128 embedding inputs, and the trained prior's
+    # error moved by 1 % between the asked turn and none: it copied the reference (measured).
+    camera_harmonics: int = 0
 
 
 class TinyNovelViewPrior(TinyPriorMixin, Prior):
@@ -564,9 +575,10 @@ class TinyNovelViewPrior(TinyPriorMixin, Prior):
 
     config_class: ClassVar[type] = TinyNovelViewConfig
     presets: ClassVar[dict[str, dict]] = {
-        "planned": {"image_size": 32},
+        "planned": {"image_size": 32, "camera_harmonics": 4},
         "test": {
             "image_size": 16,
+            "camera_harmonics": 2,
             "block_out_channels": (16, 32),
             "attention": (False, True),
             "attention_head_dim": 16,
@@ -600,12 +612,22 @@ class TinyNovelViewPrior(TinyPriorMixin, Prior):
             class_embed_type="identity",
         )
         width = config.block_out_channels[0] * 4
-        self.condition_proj = nn.Sequential(
-            nn.Linear(RELATIVE_CAMERA_DIM + config.embedding_dim, width),
-            nn.SiLU(),
-            nn.Linear(width, width),
-        )
+
+        def mlp(n_in: int) -> nn.Module:
+            return nn.Sequential(nn.Linear(n_in, width), nn.SiLU(), nn.Linear(width, width))
+
+        if config.camera_harmonics > 0:
+            self.camera_proj = mlp(2 + 2 * config.camera_harmonics)
+            self.condition_proj = mlp(config.embedding_dim) if config.embedding_dim > 0 else None
+        else:
+            self.condition_proj = mlp(RELATIVE_CAMERA_DIM + config.embedding_dim)
         self._attach_vae(vae)
+
+    def camera_features(self, camera: torch.Tensor) -> torch.Tensor:
+        """[Δpolar, Δradius, sin kΔaz, cos kΔaz (k = 1..K)] from the relative camera ``[B, 4]``."""
+        d_az = torch.atan2(camera[:, 1], camera[:, 2])
+        k = torch.arange(1, self.config.camera_harmonics + 1, dtype=camera.dtype, device=camera.device)
+        return torch.cat([camera[:, :1], camera[:, 3:], torch.sin(d_az[:, None] * k), torch.cos(d_az[:, None] * k)], -1)
 
     def build_condition(
         self,
@@ -671,10 +693,14 @@ class TinyNovelViewPrior(TinyPriorMixin, Prior):
     def forward_model(
         self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition
     ) -> torch.Tensor:
-        parts = [cond["camera"].to(z_t.dtype)] + (
-            [cond["embedding"].to(z_t.dtype)] if "embedding" in cond else []
-        )
-        emb = self.condition_proj(torch.cat(parts, dim=-1))
+        camera = cond["camera"].to(z_t.dtype)
+        embedding = [self.embedding_input(cond["embedding"], z_t.dtype)] if "embedding" in cond else []
+        if self.config.camera_harmonics > 0:
+            emb = self.camera_proj(self.camera_features(camera))
+            if embedding:
+                emb = emb + self.condition_proj(embedding[0])
+        else:
+            emb = self.condition_proj(torch.cat([camera, *embedding], dim=-1))
         x = torch.cat([z_t, cond["reference"].to(z_t.dtype)], dim=1)
         return self.unet(x, t, class_labels=emb).sample
 
@@ -811,7 +837,7 @@ class TinyMultiViewPrior(TinyPriorMixin, Prior):
                 f"batch of {z_t.shape[0]} is not a multiple of num_views={self.num_views}"
             )
         c = self.config
-        context = self.context_proj(cond["embedding"].to(z_t.dtype)).view(
+        context = self.context_proj(self.embedding_input(cond["embedding"], z_t.dtype)).view(
             -1, c.context_tokens, c.cross_attention_dim
         )
         return self.unet(
@@ -938,7 +964,7 @@ class TinyVideoPrior(TinyPriorMixin, Prior):
                 f"video latents must be [B, C, F, h, w]; got {tuple(z_t.shape)}"
             )
         c = self.config
-        context = self.context_proj(cond["embedding"].to(z_t.dtype)).view(
+        context = self.context_proj(self.embedding_input(cond["embedding"], z_t.dtype)).view(
             -1, c.context_tokens, c.cross_attention_dim
         )
         return self.unet(z_t, t, encoder_hidden_states=context).sample
