@@ -11,8 +11,9 @@ its directory as ``vae_dir`` to train a prior in latents.
 What each prior learns from:
 
 * ``prior2d``: a view and its embedding, noised at a random level (unCLIP's augmentation).
-* ``novelview``: pairs of views of one object — the target view given the reference view, the
-  relative camera (:func:`anyto3d.cameras.relative_camera`) and the reference's embedding.
+* ``novelview``: pairs of views of one object at one field of view — the target view given the
+  reference view, the relative camera (:func:`anyto3d.cameras.relative_camera`) and the
+  reference's embedding.
 * ``multiview``: N views of one object (the dataset's MVDream-style groups when it was rendered
   with ``views_per_group = N``, else N random views of the object), one timestep and one dropout
   draw per group.
@@ -165,7 +166,9 @@ def fit(
     """The shared loop: AdamW + warm-up, grad clipping, EMA, checkpoints, resume, tqdm.
 
     ``loss_fn(generator)`` draws a batch and returns the loss. Returns ``{"losses", "ema",
-    "elapsed_s", "steps_per_s", "start_step"}``; the module ends with its *EMA* weights loaded.
+    "elapsed_s", "steps_per_s", "start_step", "earlier_seconds"}`` (``earlier_seconds``: the loop
+    time of the runs this one resumed, carried in the checkpoints); the module ends with its *EMA*
+    weights loaded.
     """
     from tqdm.auto import tqdm
 
@@ -183,7 +186,7 @@ def fit(
     )  # the global RNG drives in-network dropout (UNet3D's temporal convolutions)
     ckpt = CheckpointManager(Path(out_dir) / "checkpoints", cfg.keep_checkpoints)
     losses: list[float] = []
-    start = 0
+    start, earlier = 0, 0.0
     state = ckpt.latest()
     if state is not None:
         if int(state["seed"]) != seed:
@@ -198,7 +201,9 @@ def fit(
         torch.set_rng_state(state["global_rng"])
         losses = state["losses"].tolist()
         start = int(state["step"])
+        earlier = float(state.get("seconds", 0.0))  # absent in checkpoints older than the field
     module.train()
+    loop_start = time.perf_counter()
     timed_from, t0 = None, None
     bar = tqdm(
         range(start, steps),
@@ -246,6 +251,7 @@ def fit(
                     "generator": gen.get_state(),
                     "global_rng": torch.get_rng_state(),
                     "losses": torch.tensor(losses, dtype=torch.float64),
+                    "seconds": earlier + time.perf_counter() - loop_start,
                 },
             )
     elapsed = time.perf_counter() - t0 if t0 is not None else 0.0
@@ -257,6 +263,7 @@ def fit(
     return {
         "losses": losses,
         "start_step": start,
+        "earlier_seconds": earlier,
         "elapsed_s": elapsed,
         "steps_per_s": n_timed / elapsed if elapsed > 0 else float("nan"),
     }
@@ -326,6 +333,12 @@ def _object_groups(object_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor
         idx = torch.nonzero(obj == o).flatten()
         table[o, : idx.numel()] = idx
     return table, counts
+
+
+def same_lens_groups(object_index: np.ndarray, fovy: np.ndarray) -> np.ndarray:
+    """One group id per view: views of the same object at the same fovy (to 1e-4 rad)."""
+    keys = np.stack([np.asarray(object_index, np.int64), np.round(np.asarray(fovy, np.float64) * 1e4).astype(np.int64)], 1)
+    return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def _pick_from_groups(
@@ -425,10 +438,16 @@ def make_loss_fn(
     obj_of = torch.from_numpy(data.object_index.astype(np.int64))
 
     if kind == "novelview":
+        # Zero-1-to-3's camera has no field of view (its renders share one), so a pair with two
+        # fields of view would ask for a target whose size the condition cannot tell: partners
+        # are views of the same object at the same fovy (the fixed-lens sampler's views, and the
+        # views of one multi-view group).
+        pair_table, pair_counts = _object_groups(same_lens_groups(data.object_index, data.fovy))
+        pair_of = torch.from_numpy(same_lens_groups(data.object_index, data.fovy))
 
         def loss_fn(gen):
             target = torch.randint(0, z_all.shape[0], (B,), generator=gen)
-            ref = _pick_from_groups(table, counts, obj_of[target], gen)
+            ref = _pick_from_groups(pair_table, pair_counts, pair_of[target], gen)
             rel = relative_camera(cams[ref], cams[target])
             cond = prior.build_condition(
                 reference=z_all[ref],
@@ -676,7 +695,7 @@ def train_prior(
     loss_fn, context = make_loss_fn(kind, prior, data_dir, embeddings, cfg, seed)
     t0 = time.perf_counter()
     result = fit(prior, loss_fn, steps, out, seed, cfg, desc=kind)
-    train_seconds = round(time.perf_counter() - t0, 1)
+    train_seconds = round(time.perf_counter() - t0 + result["earlier_seconds"], 1)
     prior.save_pretrained(out / "model")
     metrics = {
         "kind": kind,
@@ -690,7 +709,7 @@ def train_prior(
         "parameters": sum(p.numel() for p in _trainable(prior).values()),
         "steps_per_s": result["steps_per_s"],
         "resumed_from": result["start_step"],
-        "train_seconds": train_seconds,  # this session only (a resumed run counts from its restart)
+        "train_seconds": train_seconds,  # this run plus the loop time of the runs it resumed
         **_loss_summary(result["losses"]),
     }
     if cfg.sheet_steps > 0:
@@ -765,7 +784,7 @@ def train_vae(
 
     t0 = time.perf_counter()
     result = fit(vae, loss_fn, steps, out, seed, cfg, desc="vae")
-    train_seconds = round(time.perf_counter() - t0, 1)
+    train_seconds = round(time.perf_counter() - t0 + result["earlier_seconds"], 1)
     after = reconstruction_error(vae, held)
     factor = fit_scaling_factor(vae, images[: min(1024, images.shape[0])])
     vae.save_pretrained(out / "model", safe_serialization=True)
