@@ -189,6 +189,10 @@ def test_evaluate_zoo_structure_on_the_test_zoo(tmp_path, monkeypatch):
     assert p["prior2d"]["n"] == 4 and p["novelview"]["n"] == 4 and p["multiview"]["n_groups"] == 2
     assert p["video"]["n"] == 2 and p["video"]["frames"] == 4  # the test preset's frames
     assert {"shape", "color", "facing", "all", "score"} <= set(p["novelview"])
+    # each prior's ceiling: the judge on ground-truth renders of the same requests
+    assert {"shape", "color", "facing", "all"} <= set(p["novelview"]["truth"])
+    assert {"shape", "color", "all"} <= set(p["prior2d"]["truth"])
+    assert {"groups", "views"} <= set(p["multiview"]["truth"])
     assert {"object", "motion", "score"} <= set(p["video"])
     assert metrics["motion_classifier"]["heldout_clips"]["n"] == 5
     scored = {k: metrics[k] for k in ("binder", "judge", "priors", "motion_classifier")}
@@ -219,6 +223,25 @@ def test_evaluate_zoo_structure_on_the_test_zoo(tmp_path, monkeypatch):
     partial = evaluate_zoo(tmp_path / "data", tmp_path / "partial.json", tmp_path / "sheets2", cfg, allow_missing=True)
     assert "missing" in partial["priors"]["video"] and "sheets" not in partial
     assert partial["passed"]["priors.video.score"] is False and partial["passed"]["all"] is False
+
+
+def test_true_novel_views_turn_the_reference_camera(tmp_path):
+    from dataclasses import replace
+
+    from anyto3d.zoo.dataset import TINY, load_dataset, render_dataset
+    from anyto3d.zoo.evaluate import true_novel_views
+
+    house = WorldObject.single("house", "red")
+    render_dataset([house], 4, tmp_path / "d", seed=2, cfg=replace(TINY, lighting="headlight", views_per_group=4))
+    data = load_dataset(tmp_path / "d")
+    views = true_novel_views([house] * 3, data, [0, 0, 1], [0.0, 180.0, 0.0])
+    assert views.shape == (3, 32, 32, 3)
+    # no turn: the dataset's own render of that view (same camera and headlight), to rounding
+    for i, row in ((0, 0), (2, 1)):
+        stored = torch.from_numpy(data.rgba[row][..., :3]).float() / 255.0
+        assert (views[i] - stored).abs().max() < 2.5 / 255
+    # the house turned half-way round: its back, not its front
+    assert (views[1] - views[0]).abs().mean() > 0.02
 
 
 def test_evaluate_zoo_needs_a_heldout_split(tmp_path):

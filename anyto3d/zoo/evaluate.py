@@ -25,6 +25,11 @@
     *and* :func:`classify_motion` names the motion asked for (the judge's per-frame facing is a
     spin cue for objects with a front). Score: the fraction of clips right on both; ``object``
     and ``motion`` separately. Every prior's headline figure is its ``score``.
+  - ``truth`` (2D, novel view, multi-view): the same scoring of ground-truth renders answering the
+    same requests — the held-out render, the true view from the asked camera
+    (:func:`true_novel_views`), the held-out group. It is the ceiling a prior's figure is read
+    against: the judge errs, and some asked views cannot show what is scored. ``singles`` (novel
+    view): the single objects apart from the two-part compositions.
 
 * **motion classifier** (:func:`classify_motion`, hand-written, no training): validated on
   ground-truth clips rendered by :func:`anyto3d.zoo.dataset.render_clips` (held-out objects,
@@ -322,6 +327,10 @@ def _sample(prior, cond, cfg: EvalConfig, offset: int) -> torch.Tensor:
     return prior.sample(cond, guidance_scale=cfg.guidance_scale, steps=cfg.steps, generator=gen)
 
 
+def _view_rgb(data, rows) -> torch.Tensor:
+    return torch.from_numpy(data.rgba[rows][..., :3]).float() / 255.0
+
+
 def _heldout_objects_in(data) -> list[WorldObject]:
     """The dataset's objects in a stable, spread-out order (sha256 rank, not catalogue order)."""
     from anyto3d.zoo.world import stable_rank
@@ -338,6 +347,10 @@ def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict,
     cond = prior.build_condition(binder.embed_texts(captions))
     samples = _sample(prior, cond, cfg, 1)
     scores = judge_samples(samples, _labels(objects), _judge_classifier(judge))
+    index_of = {o.id: i for i, o in enumerate(data.objects)}
+    truth_rows = [_frontal_view(data, index_of[o.id]) for o in objects]
+    truth = renderer_to_prior(_view_rgb(data, truth_rows))
+    scores["truth"] = judge_samples(truth, _labels(objects), _judge_classifier(judge))
     scores.update(score=scores["all"], n=len(objects))
     return scores, samples, [{"object": o.id, "caption": c} for o, c in zip(objects, captions)]
 
@@ -358,6 +371,20 @@ def novel_view_requests(reference_azimuth_deg) -> tuple[np.ndarray, np.ndarray]:
     return asked, expected
 
 
+def true_novel_views(objects: list[WorldObject], data, rows, delta_azimuth_deg) -> torch.Tensor:
+    """Ground-truth renders ``[M, H, W, 3]`` of each object from its reference view's camera
+    turned by ``delta_azimuth_deg`` (headlight; same elevation, radius and lens)."""
+    from anyto3d.cameras import CameraBatch
+    from anyto3d.zoo.dataset import render_views
+
+    out = []
+    for obj, r, d in zip(objects, rows, delta_azimuth_deg):
+        cam = CameraBatch.from_spherical(data.elevation[r], data.azimuth[r] + math.radians(float(d)),
+                                         data.distance[r], data.fovy[r])
+        out.append(render_views(obj, cam, resolution=data.rgba.shape[1])[..., :3])
+    return torch.cat(out)
+
+
 def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
     """Two asked views per reference: Δaz = 180° (back) and Δaz = ±90° (side, away from the
     nearer facing boundary); expected facing from the target azimuth (the front is at 0)."""
@@ -367,7 +394,7 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     refs = _cycle(fronted, cfg.novel_references)
     index_of = {o.id: i for i, o in enumerate(data.objects)}
     rows = [_frontal_view(data, index_of[o.id]) for o in refs]
-    rgb = torch.from_numpy(data.rgba[rows][..., :3]).float() / 255.0
+    rgb = _view_rgb(data, rows)
     ref_az = np.degrees(data.azimuth[rows]).astype(np.float64)
     asked, expected = novel_view_requests(ref_az)
     d_az = torch.from_numpy(np.radians(asked.reshape(-1))).float()
@@ -380,7 +407,18 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     samples = _sample(prior, cond, cfg, 2)
     objects = [o for o in refs for _ in range(2)]
     targets = {**_labels(objects), "facing": facing}
+    truth_views = renderer_to_prior(true_novel_views(objects, data, np.repeat(rows, 2), asked.reshape(-1)))
     scores = judge_samples(samples, targets, _judge_classifier(judge))
+    scores["truth"] = judge_samples(truth_views, targets, _judge_classifier(judge))
+    # single objects apart: the judge reads a composition's subject far less surely (see "truth")
+    single = torch.tensor([o.kind != "composition" for o in objects])
+    if bool(single.any()):
+        sub = {k: v[single] for k, v in targets.items()}
+        scores["singles"] = {
+            **judge_samples(samples[single], sub, _judge_classifier(judge)),
+            "truth": judge_samples(truth_views[single], sub, _judge_classifier(judge)),
+            "n": int(single.sum()),
+        }
     scores.update(score=scores["all"], n=len(objects))
     meta = [
         {"object": o.id, "reference_azimuth_deg": round(float(a), 1), "asked_delta_azimuth_deg": [float(x) for x in d],
@@ -417,24 +455,28 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     has_front = torch.tensor([o.has_front for o in picked])
     facing = torch.from_numpy(data.facing[rows].astype(np.int64)).view(-1, N)
     classifier = _judge_classifier(judge)
-    parts, weights = {}, {}
-    for name, keep in (("with_front", has_front), ("without_front", ~has_front)):
-        if not bool(keep.any()):
-            continue
-        objs = [o for o, k in zip(picked, keep.tolist()) if k]
-        targets = _labels(objs)
-        if name == "with_front":
-            targets["facing"] = facing[keep].reshape(-1)
-        view_keep = keep.repeat_interleave(N)
-        parts[name] = judge_samples(samples[view_keep], targets, classifier, group_size=N)
-        weights[name] = int(keep.sum())
-    total = sum(weights.values())
-    scores = {
-        "groups": sum(parts[k]["groups"] * w for k, w in weights.items()) / total,
-        "views": sum(parts[k]["all"] * w for k, w in weights.items()) / total,
-        **parts,
-        "n_groups": total,
-    }
+
+    def grouped_scores(images: torch.Tensor) -> dict:
+        """Objects with a front (facing judged too) and without, then weighted together."""
+        parts, weights = {}, {}
+        for name, keep in (("with_front", has_front), ("without_front", ~has_front)):
+            if not bool(keep.any()):
+                continue
+            targets = _labels([o for o, k in zip(picked, keep.tolist()) if k])
+            if name == "with_front":
+                targets["facing"] = facing[keep].reshape(-1)
+            parts[name] = judge_samples(images[keep.repeat_interleave(N)], targets, classifier, group_size=N)
+            weights[name] = int(keep.sum())
+        total = sum(weights.values())
+        return {
+            "groups": sum(parts[k]["groups"] * w for k, w in weights.items()) / total,
+            "views": sum(parts[k]["all"] * w for k, w in weights.items()) / total,
+            **parts,
+            "n_groups": total,
+        }
+
+    scores = grouped_scores(samples)
+    scores["truth"] = grouped_scores(renderer_to_prior(_view_rgb(data, rows)))
     scores["score"] = scores["groups"]
     az = np.degrees(data.azimuth[rows]).reshape(-1, N)
     meta = [
