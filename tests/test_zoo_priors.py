@@ -394,6 +394,15 @@ def test_tiny_real_training_of_the_2d_prior(views_dir, tmp_path):
     )  # measured 0.66, (float(err_right), float(err_wrong))
 
 
+def test_novel_view_training_runs_on_same_lens_pairs(views_dir, tmp_path):
+    cfg = TrainConfig(batch_size=8, checkpoint_every=100, sheet_steps=1, progress=False)
+    metrics = train_prior("novelview", views_dir, tmp_path, 6, seed=1, preset="test", cfg=cfg, embedding_dim=8)
+    assert metrics["steps"] == 6 and np.isfinite(metrics["loss_last"])
+    prior = load_tiny_prior(tmp_path / "model")
+    assert prior.config.camera_harmonics == 2 and prior.config.scale_embedding
+    assert (tmp_path / "samples.png").is_file()
+
+
 def test_training_resumes_exactly(views_dir, tmp_path):
     cfg = TrainConfig(batch_size=8, checkpoint_every=2, sheet_steps=0, progress=False)
     straight = train_prior(

@@ -560,7 +560,8 @@ class TinyNovelViewConfig(TinyUNetConfig):
     # 0: the raw relative camera shares one MLP with the embedding (weights saved before this
     # field). K > 0: the camera, with sin/cos of k·Δaz for k = 1..K, has an MLP of its own. In the
     # shared MLP the 4 camera inputs sat beside 128 embedding inputs, and the trained prior's
-    # error moved by 1 % between the asked turn and none: it copied the reference (measured).
+    # error moved by 3 % between the asked turn and none (60 % with its own MLP): it copied the
+    # reference (measured, MODEL_CARD).
     camera_harmonics: int = 0
 
 

@@ -442,8 +442,9 @@ def make_loss_fn(
         # fields of view would ask for a target whose size the condition cannot tell: partners
         # are views of the same object at the same fovy (the fixed-lens sampler's views, and the
         # views of one multi-view group).
-        pair_table, pair_counts = _object_groups(same_lens_groups(data.object_index, data.fovy))
-        pair_of = torch.from_numpy(same_lens_groups(data.object_index, data.fovy))
+        lens_group = same_lens_groups(data.object_index, data.fovy)
+        pair_table, pair_counts = _object_groups(lens_group)
+        pair_of = torch.from_numpy(lens_group)
 
         def loss_fn(gen):
             target = torch.randint(0, z_all.shape[0], (B,), generator=gen)
