@@ -102,6 +102,28 @@ def path_digest(path: Path) -> str:
     raise InputError(f"input {path} does not exist")
 
 
+_MODELS_DIGESTS: dict[tuple, str] = {}
+
+
+def models_digest(model_cfg: Mapping | None) -> str | None:
+    """The content digest of the tiny models a step loads (``model.name == "tiny"``), so that
+    retrained weights — same code, same config — never hit a result built with the old ones.
+    Memoised on the files' (path, size, mtime). ``None`` for paper weights: they live outside
+    the project (``weights_dir`` or the HF cache) and are pinned by their repo ids in the config."""
+    if not model_cfg or model_cfg.get("name", "tiny") != "tiny":
+        return None
+    from anyto3d.models import tiny_models_root
+
+    root = tiny_models_root(model_cfg).resolve()
+    if not root.is_dir():
+        return None  # the step's own loading reports the missing models
+    files = _dir_files(root)
+    stamp = (str(root), *((rel, (root / rel).stat().st_size, (root / rel).stat().st_mtime_ns) for rel in files))
+    if stamp not in _MODELS_DIGESTS:
+        _MODELS_DIGESTS[stamp] = path_digest(root)
+    return _MODELS_DIGESTS[stamp]
+
+
 # --------------------------------------------------------------------------- manifest
 
 
@@ -244,16 +266,17 @@ class Store:
         subset = config_subset(cfg, step.config_keys)
         digests = {name: path_digest(p) for name, p in sorted(paths.items())}
         code = step.code_hash()
-        blob = canonical_json(
-            {
-                "format": STORE_FORMAT,
-                "step": step.name,
-                "version": step.version,
-                "code": code,
-                "config": subset,
-                "inputs": digests,
-            }
-        )
+        parts = {
+            "format": STORE_FORMAT,
+            "step": step.name,
+            "version": step.version,
+            "code": code,
+            "config": subset,
+            "inputs": digests,
+        }
+        if "model" in step.config_keys and (models := models_digest(cfg.get("model"))) is not None:
+            parts["models"] = models  # the weights are inputs too
+        blob = canonical_json(parts)
         return hashlib.sha256(blob.encode()).hexdigest(), paths, subset, digests, code
 
     def entry_dir(self, step: Step | str, key: str) -> Path:

@@ -53,6 +53,27 @@ def src(tmp_path):
 # --------------------------------------------------------------------------- keys
 
 
+def test_key_depends_on_the_tiny_models_a_step_loads(tmp_path, src):
+    """Retrained weights with the same code and config must not hit results built with the old."""
+    models = tmp_path / "zoo"
+    (models / "binder").mkdir(parents=True)
+    weights = models / "binder" / "model.safetensors"
+    weights.write_bytes(b"old weights")
+    uses_models = Step(name="double", version="1", run_fn=double.run_fn, config_keys=("model", "scale", "seed"),
+                       inputs=("src",))
+    cfg = {**CFG, "model": {"name": "tiny", "models_dir": str(models)}}
+    store = Store(tmp_path / "store")
+    base = store.key(uses_models, {"src": src}, cfg)
+    assert store.key(uses_models, {"src": src}, cfg) == base
+    weights.write_bytes(b"new weights")
+    assert store.key(uses_models, {"src": src}, cfg) != base
+    weights.write_bytes(b"old weights")
+    assert store.key(uses_models, {"src": src}, cfg) == base
+    # a step that does not read the model config, and paper weights, are keyed as before
+    assert store.key(double, {"src": src}, cfg) == store.key(double, {"src": src}, CFG)
+    assert store_mod.models_digest({"name": "paper", "weights_dir": str(models)}) is None
+
+
 def test_key_depends_on_config_subset_content_and_version_only(tmp_path, src):
     store = Store(tmp_path / "store")
     base = store.key(double, {"src": src}, CFG)
