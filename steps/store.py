@@ -117,8 +117,8 @@ def models_digest(model_cfg: Mapping | None) -> str | None:
     root = tiny_models_root(model_cfg).resolve()
     if not root.is_dir():
         return None  # the step's own loading reports the missing models
-    files = _dir_files(root)
-    stamp = (str(root), *((rel, (root / rel).stat().st_size, (root / rel).stat().st_mtime_ns) for rel in files))
+    stats = [(rel, (root / rel).stat()) for rel in _dir_files(root)]
+    stamp = (str(root), *((rel, st.st_size, st.st_mtime_ns) for rel, st in stats))
     if stamp not in _MODELS_DIGESTS:
         _MODELS_DIGESTS[stamp] = path_digest(root)
     return _MODELS_DIGESTS[stamp]
