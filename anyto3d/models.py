@@ -51,6 +51,8 @@ TINY_DIRS = {
     "video": "video",
     "judge": "judge",
 }
+#: Tiny models only evaluation loads (never a loss): a retrained judge re-scores, not re-optimises.
+EVALUATION_ONLY_TINY = ("judge",)
 #: Loss-term supervision name (``methods.LOSS_TERMS``) → the role that provides it.
 _SUPERVISION_ROLE = {
     "prior2d": "prior2d",

@@ -44,6 +44,8 @@ class Step:
     step's output would change for reasons the code hash cannot see. ``config_keys`` are dotted
     paths (``"seed"``, ``"model.nerf"``) into the resolved config; ``inputs`` are the names of
     required input files/directories, ``optional_inputs`` the ones that may be absent.
+    ``scores``: the step loads the evaluation-only tiny models (the judge); the store keys of the
+    other steps leave those out, so a retrained judge re-scores results without re-optimising.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Step:
     inputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
     code_modules: tuple[str, ...] = ()
+    scores: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -82,6 +85,7 @@ def step(
     inputs: Iterable[str] = (),
     optional_inputs: Iterable[str] = (),
     code_modules: Iterable[str] = (),
+    scores: bool = False,
 ) -> Callable[[RunFn], Step]:
     """Decorator: turn ``def run(inputs, cfg, out_dir, device, work_dir) -> metrics`` into a :class:`Step`."""
 
@@ -94,6 +98,7 @@ def step(
             inputs=tuple(inputs),
             optional_inputs=tuple(optional_inputs),
             code_modules=tuple(code_modules),
+            scores=scores,
         )
 
     return wrap

@@ -338,6 +338,7 @@ def evaluate_views(inputs: dict[str, Path], cfg: dict, device: str = "cpu") -> d
     inputs=("views", "encoded"),
     optional_inputs=("suite", "ground_truth"),
     code_modules=("anyto3d.metrics", "anyto3d.zoo.judge"),
+    scores=True,
 )
 def evaluate(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
     """Score the asset and write ``metrics.json`` (module docstring)."""

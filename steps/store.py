@@ -93,34 +93,38 @@ def path_digest(path: Path) -> str:
     if path.is_file():
         return "file:" + file_sha256(path)
     if path.is_dir():
-        h = hashlib.sha256()
-        for rel in _dir_files(path):
-            if rel == MANIFEST:
-                continue
-            h.update(rel.encode() + b"\0" + file_sha256(path / rel).encode() + b"\n")
-        return "dir:" + h.hexdigest()
+        return _files_digest(path, [rel for rel in _dir_files(path) if rel != MANIFEST])
     raise InputError(f"input {path} does not exist")
+
+
+def _files_digest(root: Path, rels: list[str]) -> str:
+    h = hashlib.sha256()
+    for rel in rels:
+        h.update(rel.encode() + b"\0" + file_sha256(root / rel).encode() + b"\n")
+    return "dir:" + h.hexdigest()
 
 
 _MODELS_DIGESTS: dict[tuple, str] = {}
 
 
-def models_digest(model_cfg: Mapping | None) -> str | None:
+def models_digest(model_cfg: Mapping | None, scores: bool = True) -> str | None:
     """The content digest of the tiny models a step loads (``model.name == "tiny"``), so that
     retrained weights — same code, same config — never hit a result built with the old ones.
-    Memoised on the files' (path, size, mtime). ``None`` for paper weights: they live outside
-    the project (``weights_dir`` or the HF cache) and are pinned by their repo ids in the config."""
+    ``scores=False`` leaves out the evaluation-only models (the judge), which such a step never
+    loads. Memoised on the files' (path, size, mtime). ``None`` for paper weights: they live
+    outside the project (``weights_dir`` or the HF cache), pinned by their repo ids in the config."""
     if not model_cfg or model_cfg.get("name", "tiny") != "tiny":
         return None
-    from anyto3d.models import tiny_models_root
+    from anyto3d.models import EVALUATION_ONLY_TINY, tiny_models_root
 
     root = tiny_models_root(model_cfg).resolve()
     if not root.is_dir():
         return None  # the step's own loading reports the missing models
-    stats = [(rel, (root / rel).stat()) for rel in _dir_files(root)]
+    rels = [rel for rel in _dir_files(root) if scores or rel.split("/", 1)[0] not in EVALUATION_ONLY_TINY]
+    stats = [(rel, (root / rel).stat()) for rel in rels]
     stamp = (str(root), *((rel, st.st_size, st.st_mtime_ns) for rel, st in stats))
     if stamp not in _MODELS_DIGESTS:
-        _MODELS_DIGESTS[stamp] = path_digest(root)
+        _MODELS_DIGESTS[stamp] = _files_digest(root, rels)
     return _MODELS_DIGESTS[stamp]
 
 
@@ -274,7 +278,7 @@ class Store:
             "config": subset,
             "inputs": digests,
         }
-        if "model" in step.config_keys and (models := models_digest(cfg.get("model"))) is not None:
+        if "model" in step.config_keys and (models := models_digest(cfg.get("model"), step.scores)) is not None:
             parts["models"] = models  # the weights are inputs too
         blob = canonical_json(parts)
         return hashlib.sha256(blob.encode()).hexdigest(), paths, subset, digests, code

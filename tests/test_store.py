@@ -69,6 +69,14 @@ def test_key_depends_on_the_tiny_models_a_step_loads(tmp_path, src):
     assert store.key(uses_models, {"src": src}, cfg) != base
     weights.write_bytes(b"old weights")
     assert store.key(uses_models, {"src": src}, cfg) == base
+    # the evaluation-only judge enters the keys of scoring steps only
+    (models / "judge").mkdir()
+    (models / "judge" / "model.safetensors").write_bytes(b"judge v1")
+    scorer = Step(name="score", version="1", run_fn=double.run_fn, config_keys=("model",), inputs=("src",), scores=True)
+    keys = store.key(uses_models, {"src": src}, cfg), store.key(scorer, {"src": src}, cfg)
+    (models / "judge" / "model.safetensors").write_bytes(b"judge v2, retrained")
+    assert store.key(uses_models, {"src": src}, cfg) == keys[0]
+    assert store.key(scorer, {"src": src}, cfg) != keys[1]
     # a step that does not read the model config, and paper weights, are keyed as before
     assert store.key(double, {"src": src}, cfg) == store.key(double, {"src": src}, CFG)
     assert store_mod.models_digest({"name": "paper", "weights_dir": str(models)}) is None
