@@ -38,7 +38,7 @@ def stages(tmp_path_factory):
 
 
 def test_every_stage_resolves_with_the_params(stages):
-    expected = {f"zoo_{k}" for k in ["data", "embed", *ZOO_KINDS]} | {"zoo", "suite_inputs", "table1"}
+    expected = {f"zoo_{k}" for k in ["data", "judge_data", "embed", *ZOO_KINDS]} | {"zoo", "suite_inputs", "table1"}
     expected |= {f"table1_method@{m}" for m in TABLE_I}
     assert set(stages) == expected
     assert stages["zoo_data"].cmd == (
@@ -49,6 +49,8 @@ def test_every_stage_resolves_with_the_params(stages):
     assert stages["zoo_binder"].cmd.endswith(f"binder --data data/zoo --steps {b['steps']} --audio-steps {b['audio_steps']}")
     assert stages["zoo_video"].cmd.endswith(f"video --data data/zoo --steps {v['steps']} --batch {v['batch']}")
     assert stages["zoo_prior2d"].cmd.endswith(f"prior2d --data data/zoo --steps {p['steps']} --batch {p['batch']}")
+    assert stages["zoo_judge_data"].cmd.endswith(f"judge_data --data data/zoo --views {zoo['judge']['views']}")
+    assert "data/zoo/judge_train" in {d.def_path for d in stages["zoo_judge"].deps}
     xbind = stages["table1_method@xbind"].cmd
     assert "--local" in xbind and "--methods xbind " in xbind and "--seeds 0 " in xbind
     assert "--results metrics/table1/xbind.json" in xbind

@@ -21,6 +21,7 @@ from anyto3d.zoo.judge import (
 from anyto3d.zoo.splits import is_heldout
 from anyto3d.zoo.train_encoders import (
     JudgeTrainConfig,
+    concat_views,
     evaluate_judge,
     load_views,
     train_judge,
@@ -117,6 +118,17 @@ def test_tiny_training_learns_shape_colour_and_front_versus_back(trained, data):
     truth_back = torch.as_tensor(views.facing[keep] == 2)
     assert keep.sum() >= 8
     assert (predicted_back == truth_back).float().mean() >= 0.75
+
+
+def test_extra_datasets_join_the_judges_training_views(data, tmp_path):
+    train, extra = load_views(data / "train", "train"), load_views(data / "eval", "all")
+    joined = concat_views([train, extra])
+    assert len(joined) == len(train) + len(extra) and len(joined.objects) == len(train.objects) + len(extra.objects)
+    assert [o.id for o in joined.view_objects()] == [o.id for o in train.view_objects() + extra.view_objects()]
+    assert torch.equal(joined.rgb[len(train):], extra.rgb)
+    log = train_judge(data / "train", tmp_path / "j", steps=2, seed=1, cfg=SMALL,
+                      train=JudgeTrainConfig(batch_size=8), progress=False, extra_data=(data / "eval",))
+    assert log["n_views"] == len(joined) and log["n_objects"] == 6
 
 
 def test_save_and_load_round_trip_gives_identical_outputs(trained, tmp_path):

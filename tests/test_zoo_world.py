@@ -77,6 +77,23 @@ def test_ids_are_deterministic_and_round_trip(world):
     assert comp.id == "cone-red.on.cube-blue"
 
 
+def test_a_second_colour_other_than_the_pairing_is_named_and_rendered():
+    house = Item("house", "blue", second="red")
+    assert house.id == "house-blue+red" and house.secondary == "red"
+    assert Item.from_id("house-blue+red") == house and WorldObject.from_id("house-blue+red").secondary == "red"
+    # the world's fixed pairing has one name only
+    assert Item("house", "blue", second=SECONDARY["blue"]) == Item("house", "blue")
+    assert Item("house", "blue", second=SECONDARY["blue"]).id == "house-blue"
+    with pytest.raises(InputError):
+        Item("cube", "blue", second="red")  # a one-colour shape
+    with pytest.raises(InputError):
+        Item("house", "blue", second="blue")
+    # the second colour is the roof's: the mesh carries red, not the pairing's orange
+    colours = {tuple(round(float(x), 2) for x in c) for c in WorldObject.from_id("house-blue+red").mesh().colors}
+    assert tuple(round(x, 2) for x in COLORS["red"]) in colours
+    assert tuple(round(x, 2) for x in COLORS[SECONDARY["blue"]]) not in colours
+
+
 def test_original_palette_is_kept():
     assert COLORS["red"] == (0.85, 0.15, 0.12) and COLORS["yellow"] == (0.92, 0.82, 0.15)
     assert reconstruction_scene().num_faces > 0
@@ -299,6 +316,21 @@ def test_no_heldout_combination_is_in_training(world):
     assert {(o.shape, o.orientation) for o in train if o.relation is None} == set(splits.HELDOUT_COLOR)
     assert {o.color for o in train} == set(COLOR_NAMES)
     assert len(single_objects()) - len(splits.HELDOUT_COLOR) == sum(o.relation is None for o in train)
+
+
+def test_the_judges_extra_objects_are_never_held_out_nor_in_the_catalogue(world):
+    extra = splits.judge_objects()
+    ids = [o.id for o in extra]
+    assert len(set(ids)) == len(ids) and not set(ids) & {o.id for o in world}
+    assert not any(splits.is_heldout(o) for o in extra)
+    comps = [o for o in extra if o.relation is not None]
+    assert {o.relation for o in comps} == {"on", "left_of", "in_front_of"}
+    # many more compositions than the catalogue's training ones, and every subject colour
+    assert len(comps) > 10 * sum(o.relation is not None for o in splits.train_objects(world))
+    assert {o.color for o in comps} == set(COLOR_NAMES)
+    two_colour = [o for o in extra if o.relation is None]
+    assert two_colour and all(o.secondary not in (o.color, SECONDARY[o.color]) for o in two_colour)
+    assert {o.secondary for o in two_colour if o.id.startswith("house-red+")} == set(COLOR_NAMES) - {"red", "blue"}
 
 
 def test_suites_are_heldout_and_include_asymmetric_objects(world):

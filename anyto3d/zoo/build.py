@@ -5,6 +5,7 @@ numbers come from ``params.yaml``'s ``zoo:`` block)::
 
     python -m anyto3d.zoo.build data       --out data/zoo              # renders + clips + ground truth
     python -m anyto3d.zoo.build binder     --data data/zoo --steps N --audio-steps M
+    python -m anyto3d.zoo.build judge_data --data data/zoo --views N   # the judge's extra views
     python -m anyto3d.zoo.build judge      --data data/zoo --steps N
     python -m anyto3d.zoo.build embed      --data data/zoo             # binder embeddings of the training data
     python -m anyto3d.zoo.build vae        --data data/zoo --steps N
@@ -15,6 +16,8 @@ so a fresh clone generates without training); datasets under ``--data`` (DVC-cac
 
 Only objects of the ``train`` split are rendered into ``train/`` and ``clips/``; ``heldout/``
 holds the held-out combinations, which only evaluation reads (:mod:`anyto3d.zoo.splits`).
+``judge_train/`` holds extra training objects for the judge alone (every composition and
+second colour that is not held out, :func:`~anyto3d.zoo.splits.judge_objects`).
 
 Conditioning the priors train on: the 2D and multi-view priors see, per view, either the binder's
 embedding of the image itself (unCLIP's training signal) or of the view's caption — chosen once
@@ -69,6 +72,22 @@ def build_data(out: Path, views: int, heldout_views: int, clips_per_pair: int, f
     return {"seconds": round(time.perf_counter() - t0, 1), "train_objects": len(train), "heldout_objects": len(heldout)}
 
 
+JUDGE_EXTRA = "judge_train"
+
+
+def build_judge_data(out: Path, views: int, seed: int) -> dict:
+    """Render the judge's extra training objects (few views each, many objects) to ``judge_train/``."""
+    from dataclasses import replace
+
+    from anyto3d.zoo.dataset import DatasetConfig, render_dataset
+    from anyto3d.zoo.splits import judge_objects
+
+    t0 = time.perf_counter()
+    objects = judge_objects()
+    render_dataset(objects, views, out / JUDGE_EXTRA, seed=seed + 2, cfg=replace(DatasetConfig(), views_per_group=4))
+    return {"seconds": round(time.perf_counter() - t0, 1), "objects": len(objects), "views": len(objects) * views}
+
+
 @torch.no_grad()
 def build_embeddings(data: Path, seed: int) -> dict:
     """Binder embeddings of every training view (image or caption, by a seeded coin) and clip."""
@@ -109,6 +128,8 @@ def build_encoder(kind: str, data: Path, steps: int, audio_steps: int | None, se
             "--steps", str(steps), "--seed", str(seed), "--no-progress"]  # fmt: skip
     if audio_steps is not None:
         args += ["--audio-steps", str(audio_steps)]
+    if kind == "judge":
+        args += ["--extra-data", str(data / JUDGE_EXTRA)]
     if audio_only:
         source = out.with_name(out.name + "-source")
         if not source.is_dir():  # a copy: the published directory is replaced at the end
@@ -178,7 +199,7 @@ def _publish(model: Path, logs: Path, dest: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m anyto3d.zoo.build", description=__doc__.split("\n")[0])
-    parser.add_argument("stage", choices=("data", "embed", *MODEL_NAMES))
+    parser.add_argument("stage", choices=("data", "judge_data", "embed", *MODEL_NAMES))
     parser.add_argument("--data", "--out", dest="data", default="data/zoo")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--audio-steps", type=int, default=None)
@@ -201,6 +222,8 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     if args.stage == "data":
         result = build_data(data, args.views, args.heldout_views, args.clips_per_pair, args.frames, args.seed)
+    elif args.stage == "judge_data":
+        result = build_judge_data(data, args.views, args.seed)
     elif args.stage == "embed":
         result = build_embeddings(data, args.seed)
     elif args.stage in ("binder", "judge"):

@@ -22,6 +22,13 @@ audio prompt suites — the caption, a rendered reference view, a synthesised cl
 * ``compositions``: 4 held-out compositions from a catalogue, one per relation first, new
   pairings of training parts preferred.
 * ``eval`` (alias ``text``, ``image``, ``audio``): the 16 above together.
+
+The judge's extra training objects (:func:`judge_objects`) — the instrument only, never a
+prior or the binder: every composition that is not held out (not just the catalogue's 32 per
+relation) and the two-colour shapes with every second colour. With the catalogue's 69 training
+compositions and fixed colour pairings, the judge memorised which part names an object: 0.97
+colour on training compositions against 0.25–0.46 on held-out ones, and 0.43 on held-out
+two-colour objects, mostly reading the other part's colour (measured, session 5).
 """
 
 from __future__ import annotations
@@ -29,12 +36,15 @@ from __future__ import annotations
 from anyto3d.errors import InputError
 from anyto3d.zoo.world import (
     COLOR_NAMES,
+    SECONDARY,
+    TWO_COLOR_SHAPES,
     ORIENTATIONS,
     RELATIONS,
     SHAPES,
     TILTABLE,
     Item,
     WorldObject,
+    all_compositions,
     catalogue,
     stable_rank,
 )
@@ -76,6 +86,22 @@ def train_objects(objects: list[WorldObject] | None = None) -> list[WorldObject]
 
 def heldout_objects(objects: list[WorldObject] | None = None) -> list[WorldObject]:
     return [o for o in (catalogue() if objects is None else objects) if is_heldout(o)]
+
+
+def judge_objects() -> list[WorldObject]:
+    """Training objects for the judge beyond the catalogue (module docstring): the compositions
+    of every relation and the two-colour objects with a non-default second colour, none of them
+    held out (:func:`is_heldout`) nor already in the catalogue."""
+    known = {o.id for o in catalogue()}
+    compositions = [o for r in RELATIONS for o in all_compositions(r) if o.id not in known and not is_heldout(o)]
+    two_colour = [
+        WorldObject((Item(shape, color, second=second),))
+        for shape in TWO_COLOR_SHAPES
+        for color in COLOR_NAMES
+        for second in COLOR_NAMES
+        if second not in (color, SECONDARY[color]) and not is_heldout_item(Item(shape, color))
+    ]
+    return compositions + two_colour
 
 
 def _heldout_single(shape: str, orientation: str = "upright") -> WorldObject:
@@ -133,6 +159,7 @@ __all__ = [
     "heldout_objects",
     "is_heldout",
     "is_heldout_item",
+    "judge_objects",
     "shape_variants",
     "split_of",
     "suite",

@@ -101,6 +101,17 @@ def load_views(dataset_dir, split: str = "train") -> Views:
                  [data.objects[i] for i in keep_obj])  # fmt: skip
 
 
+def concat_views(parts: list[Views]) -> Views:
+    """Several splits' views as one (object indices renumbered into the joined object list)."""
+    offsets = np.cumsum([0] + [len(v.objects) for v in parts[:-1]])
+    return Views(
+        torch.cat([v.rgb for v in parts]),
+        np.concatenate([v.object_index + o for v, o in zip(parts, offsets)]),
+        np.concatenate([v.facing for v in parts]),
+        [obj for v in parts for obj in v.objects],
+    )
+
+
 def step_generators(seed: int, step: int) -> tuple[torch.Generator, np.random.Generator]:
     """The torch and numpy generators of one training step: functions of (seed, step) only."""
     g = torch.Generator().manual_seed(stable_rank(f"step{step}", seed) % (2**63 - 1))
@@ -469,15 +480,17 @@ def train_judge(
     train: JudgeTrainConfig = JudgeTrainConfig(),
     split: str = "train",
     progress: bool = True,
+    extra_data: tuple = (),
 ) -> dict:
-    """Train the judge's heads with cross-entropy on augmented views of ``split``; save to ``out_dir``."""
+    """Train the judge's heads with cross-entropy on augmented views of ``split`` of
+    ``dataset_dir`` and of each ``extra_data`` directory (its train split); save to ``out_dir``."""
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     out = Path(out_dir)
     ckpt_path = out / "checkpoints" / "judge.pt"
     torch.manual_seed(seed)
     model = TinyJudge(cfg)
-    views = load_views(dataset_dir, split)
+    views = concat_views([load_views(dataset_dir, split), *(load_views(d, "train") for d in extra_data)])
     labels = view_labels(views.view_objects(), views.facing)
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     state = _load_checkpoint(ckpt_path)
@@ -486,7 +499,7 @@ def train_judge(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = state["step"]
-    log: dict = {"seed": seed, "steps": steps, "n_views": len(views), "loss": []}
+    log: dict = {"seed": seed, "steps": steps, "n_views": len(views), "n_objects": len(views.objects), "loss": []}
     started = time.perf_counter()
     model.train()
     bar = _progress(steps, "judge", progress, start)
@@ -558,6 +571,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--audio-only-from", default=None, metavar="BINDER_DIR",
                         help="binder only: keep this binder's image and text towers, train a new audio tower")
+    parser.add_argument("--extra-data", action="append", default=[],
+                        help="judge only: another rendered dataset whose train split is added (repeatable)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -576,7 +591,8 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         train = JudgeTrainConfig() if args.batch_size is None else replace(JudgeTrainConfig(), batch_size=args.batch_size)
         log = train_judge(args.data, args.out, args.steps, 1 if args.seed is None else args.seed,
-                          TEST_JUDGE if args.preset == "test" else JudgeConfig(), train, progress=not args.no_progress)  # fmt: skip
+                          TEST_JUDGE if args.preset == "test" else JudgeConfig(), train, progress=not args.no_progress,
+                          extra_data=tuple(args.extra_data))  # fmt: skip
         metrics = evaluate_judge(TinyJudge.from_pretrained(args.out), eval_data)
         metrics["train_seconds"] = log["seconds"]
     (Path(args.out) / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -594,6 +610,7 @@ __all__ = [
     "BinderTrainConfig",
     "JudgeTrainConfig",
     "Views",
+    "concat_views",
     "audio_bank",
     "object_image_targets",
     "retrain_audio",

@@ -38,14 +38,16 @@ sees from its azimuth relative to the front: |Δaz| ≤ 45° front, ≥ 135° ba
 (DreamFusion's view-dependent prompt sectors). A Janus result shows its "front" from the back.
 
 Object ids are deterministic strings: ``cube-red``, ``torus-tilted-blue``,
-``cone-red.on.cube-blue``; :meth:`WorldObject.from_id` inverts :attr:`WorldObject.id`.
+``cone-red.on.cube-blue``, and ``house-blue+red`` for a two-colour object with a second colour
+other than its fixed pairing (the judge's extra training views only);
+:meth:`WorldObject.from_id` inverts :attr:`WorldObject.id`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -122,6 +124,10 @@ class Item:
     shape: str
     color: str
     orientation: str = "upright"
+    # A two-colour shape's second colour when it is not the world's fixed pairing (SECONDARY).
+    # Only the judge's extra training views use it (splits.judge_objects): captions, priors and
+    # suites keep one colour name per object.
+    second: str | None = None
 
     def __post_init__(self):
         if self.shape not in SHAPES:
@@ -132,15 +138,25 @@ class Item:
             raise InputError(f"unknown orientation {self.orientation!r}; choose from {', '.join(ORIENTATIONS)}")
         if self.orientation == "tilted" and self.shape not in TILTABLE:
             raise InputError(f"{self.shape} has no tilted variant (only {', '.join(TILTABLE)})")
+        if self.second is not None:
+            if self.shape not in TWO_COLOR_SHAPES:
+                raise InputError(f"{self.shape} has one colour; only {', '.join(TWO_COLOR_SHAPES)} have a second")
+            if self.second not in COLORS or self.second == self.color:
+                raise InputError(f"second colour {self.second!r} must be a world colour other than {self.color}")
+            if self.second == SECONDARY[self.color]:
+                object.__setattr__(self, "second", None)  # the default pairing has one name
 
     @property
     def id(self) -> str:
         middle = "-tilted" if self.orientation == "tilted" else ""
-        return f"{self.shape}{middle}-{self.color}"
+        second = f"+{self.second}" if self.second is not None else ""
+        return f"{self.shape}{middle}-{self.color}{second}"
 
     @property
     def secondary(self) -> str | None:
-        return SECONDARY[self.color] if self.shape in TWO_COLOR_SHAPES else None
+        if self.shape not in TWO_COLOR_SHAPES:
+            return None
+        return self.second or SECONDARY[self.color]
 
     @property
     def symmetry(self) -> str:
@@ -150,6 +166,9 @@ class Item:
 
     @classmethod
     def from_id(cls, text: str) -> "Item":
+        text, _, second = text.partition("+")
+        if second:
+            return replace(cls.from_id(text), second=second)
         pieces = text.split("-")
         if len(pieces) == 3 and pieces[1] == "tilted":
             return cls(pieces[0], pieces[2], "tilted")
