@@ -109,6 +109,9 @@ def test_tiny_training_learns_shape_colour_and_front_versus_back(trained, data):
     judge, _ = trained
     metrics = evaluate_judge(judge, data / "eval", split="all")
     assert metrics["shape"] >= 0.8 and metrics["color"] >= 0.8, metrics  # chance 1/13 and 1/8
+    # the house is the one two-colour object (16 eval views); there is no composition
+    assert metrics["two_colour"]["n_views"] == 16 and "compositions" not in metrics
+    assert 0.0 <= metrics["two_colour"]["second_color"] <= 1.0
     # Front versus back of the asymmetric objects (house, arrow), on views never trained on.
     views = load_views(data / "eval", "all")
     asym = np.array([views.objects[i].has_front for i in views.object_index])

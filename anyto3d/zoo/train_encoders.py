@@ -50,7 +50,9 @@ from anyto3d.zoo.binder import (
 from anyto3d.zoo.captions import canonical_caption, caption, view_caption
 from anyto3d.zoo.dataset import load_dataset
 from anyto3d.zoo.judge import (
+    HEADS,
     IGNORE,
+    NONE,
     TEST_JUDGE,
     JudgeConfig,
     TinyJudge,
@@ -530,7 +532,9 @@ def train_judge(
 def evaluate_judge(judge: TinyJudge, dataset_dir, split: str = "heldout") -> dict:
     """Accuracy per head on ``split``: ``shape``/``color``/``orientation`` over single objects,
     ``facing`` over views of objects with a front (``facing_single``: single objects only),
-    ``relation`` over compositions, ``clip_r``: the judge's CLIP-R among the split's objects."""
+    ``relation`` over compositions, ``compositions`` (subject and reference part) and
+    ``two_colour`` (main and second colour) apart, ``clip_r``: the judge's CLIP-R among the
+    split's objects."""
     views = load_views(dataset_dir, split)
     objs = views.view_objects()
     labels = view_labels(objs, views.facing)
@@ -545,6 +549,13 @@ def evaluate_judge(judge: TinyJudge, dataset_dir, split: str = "heldout") -> dic
     out["facing_single"] = accuracy({"facing": probs["facing"][keep]}, {"facing": labels["facing"][keep]}).get("facing")
     comp = ~single
     out["relation"] = accuracy({"relation": probs["relation"][comp]}, {"relation": labels["relation"][comp]}).get("relation")
+    # which part names the object: a composition's subject and a two-colour object's main colour
+    two_colour = single & (labels["second_color"] != HEADS["second_color"].index(NONE))
+    for name, rows in (("compositions", comp), ("two_colour", two_colour)):
+        heads = ("shape", "color", "part_shape", "second_color") if name == "compositions" else ("color", "second_color")
+        if bool(rows.any()):
+            out[name] = {**accuracy({h: probs[h][rows] for h in heads}, {h: labels[h][rows] for h in heads}),
+                         "n_views": int(rows.sum())}  # fmt: skip
     scores = judge.clip_like(views.rgb, views.objects)
     out["clip_r"] = _top1(scores, torch.as_tensor(views.object_index))
     out["n_views"] = len(views)
