@@ -10,6 +10,7 @@ from anyto3d.cameras import orbit_cameras
 from anyto3d.errors import InputError
 from anyto3d.metrics.consistency import (
     facing_accuracy,
+    facing_balanced,
     majority_agreement,
     view_consistency,
 )
@@ -41,7 +42,7 @@ def true_facing():
 
 def test_correct_asset_is_fully_consistent():
     got = view_consistency(outputs(facing=true_facing()), AZ, HOUSE)
-    assert got["facing_accuracy"] == 1.0
+    assert got["facing_accuracy"] == got["facing_balanced"] == 1.0
     assert got["shape_agreement"] == got["color_agreement"] == 1.0
     assert got["shape_accuracy"] == got["color_accuracy"] == 1.0
     assert got["view_consistency"] == 1.0
@@ -51,7 +52,9 @@ def test_janus_asset_scores_lower_facing_accuracy():
     janus = view_consistency(outputs(facing=[0] * 120), AZ, HOUSE)
     # Only the 31 truly frontal views (0..45° and 315..357° in 3° steps: 16 + 15) are right.
     assert janus["facing_accuracy"] == pytest.approx(31 / 120)
-    assert janus["view_consistency"] == pytest.approx(31 / 120)
+    # balanced: the front sector all right, the side and back sectors all wrong
+    assert janus["facing_balanced"] == pytest.approx(1 / 3)
+    assert janus["view_consistency"] == pytest.approx(1 / 3)
     correct = view_consistency(outputs(facing=true_facing()), AZ, HOUSE)
     assert janus["view_consistency"] < correct["view_consistency"] - 0.5
 
@@ -61,9 +64,19 @@ def test_shape_disagreement_enters_the_product():
     got = view_consistency(outputs(shape=shapes, facing=true_facing()), AZ, HOUSE)
     assert got["shape_agreement"] == pytest.approx(0.75)
     assert got["view_consistency"] == pytest.approx(0.75)
-    # A Janus pattern on top multiplies: 0.75 × 31/120.
+    # A Janus pattern on top multiplies: 0.75 × 1/3.
     both = view_consistency(outputs(shape=shapes, facing=[0] * 120), AZ, HOUSE)
-    assert both["view_consistency"] == pytest.approx(0.75 * 31 / 120)
+    assert both["view_consistency"] == pytest.approx(0.75 / 3)
+
+
+def test_a_featureless_asset_is_no_more_consistent_than_a_janus_one():
+    # A symmetrised blob reads "side" everywhere: 58 of 120 views are side views (48°..132°
+    # and 228°..312° in 3° steps: 29 + 29), so its plain facing accuracy beats Janus's 31/120.
+    blob = view_consistency(outputs(facing=[1] * 120), AZ, HOUSE)
+    janus = view_consistency(outputs(facing=[0] * 120), AZ, HOUSE)
+    assert blob["facing_accuracy"] == pytest.approx(58 / 120) and blob["facing_accuracy"] > janus["facing_accuracy"]
+    assert blob["facing_balanced"] == janus["facing_balanced"] == pytest.approx(1 / 3)
+    assert blob["view_consistency"] == pytest.approx(janus["view_consistency"])
 
 
 def test_no_facing_without_a_front_or_a_target():
@@ -85,6 +98,9 @@ def test_helpers_by_hand():
     az = torch.tensor([0.0, math.pi / 2, math.pi, -math.pi / 4])
     assert facing_accuracy(torch.tensor([0, 1, 2, 0]), az) == 1.0
     assert facing_accuracy(torch.tensor([0, 0, 0, 0]), az) == 0.5
+    # sectors: front (0°, −45°), side (90°), back (180°); all front: 1, 0, 0 per sector
+    assert facing_balanced(torch.tensor([0, 0, 0, 0]), az) == pytest.approx(1 / 3)
+    assert facing_balanced(torch.tensor([0, 1, 2, 1]), az) == pytest.approx((0.5 + 1 + 1) / 3)
 
 
 def test_bad_input():

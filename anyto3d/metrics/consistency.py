@@ -12,8 +12,14 @@ side / back of an object with a canonical front). Three figures:
   (:func:`anyto3d.zoo.world.facing_index`; the front faces the camera at azimuth 0). A Janus
   asset, which shows its front from every side, reads "front" from behind and scores about the
   front sector's share of the orbit (90°/360° = 0.25 for a uniform orbit).
+* ``facing_balanced`` — the same, but the mean over the three sectors of each sector's
+  accuracy. An asset that shows one facing everywhere scores 1/3 whichever it shows: the
+  featureless, rotationally symmetric result of a camera-unaware prior reads "side" from every
+  azimuth, and its plain facing accuracy is the side sectors' share of the orbit (0.48 on 120
+  views), higher than a Janus asset's 0.26 though it has no front at all (measured: plain SDS
+  on the tiny world's asymmetric suite, session 5).
 * ``view_consistency`` — the **product** of the figures that apply (shape and colour agreement,
-  and facing accuracy when the object has a front). A product rather than a minimum so that two
+  and the balanced facing accuracy when the object has a front). A product rather than a minimum so that two
   partial failures count for more than one; each factor is a fraction of views, so the product is
   in [0, 1] and is 1 only for an asset that is consistent on every count.
 
@@ -51,15 +57,30 @@ def majority_agreement(labels: torch.Tensor) -> float:
     return float(counts.max()) / labels.numel()
 
 
+def _expected_facing(azimuth_rad: torch.Tensor) -> torch.Tensor:
+    azimuth_deg = np.degrees(np.asarray(torch.as_tensor(azimuth_rad, dtype=torch.float64).reshape(-1)))
+    azimuth_deg = np.round(azimuth_deg, 4)  # float32 radians put 45° at 45.000001°: sector edges are inclusive
+    return torch.as_tensor(np.atleast_1d(facing_index(azimuth_deg))).long()
+
+
 def facing_accuracy(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor) -> float:
     """Fraction of views whose predicted facing index (0 front, 1 side, 2 back) equals the one the
     camera azimuth implies for an object whose front faces azimuth 0 (:func:`facing_index`)."""
-    azimuth_deg = np.degrees(np.asarray(torch.as_tensor(azimuth_rad, dtype=torch.float64).reshape(-1)))
-    azimuth_deg = np.round(azimuth_deg, 4)  # float32 radians put 45° at 45.000001°: sector edges are inclusive
-    expected = torch.as_tensor(np.atleast_1d(facing_index(azimuth_deg)))
+    expected = _expected_facing(azimuth_rad)
     if expected.numel() != predicted_facing.numel():
         raise InputError(f"{predicted_facing.numel()} facing predictions for {expected.numel()} azimuths")
     return float((predicted_facing.reshape(-1).long() == expected.long()).double().mean())
+
+
+def facing_balanced(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor) -> float:
+    """Mean over the facing sectors the orbit covers of the fraction of that sector's views whose
+    predicted facing is right (balanced accuracy; :func:`facing_accuracy` per sector)."""
+    expected = _expected_facing(azimuth_rad)
+    predicted = predicted_facing.reshape(-1).long()
+    if expected.numel() != predicted.numel():
+        raise InputError(f"{predicted.numel()} facing predictions for {expected.numel()} azimuths")
+    recalls = [float((predicted[expected == k] == k).double().mean()) for k in expected.unique().tolist()]
+    return sum(recalls) / len(recalls)
 
 
 def view_consistency(
@@ -84,10 +105,12 @@ def view_consistency(
         out["shape_accuracy"] = float((shape == SHAPES.index(target.shape)).double().mean())
         out["color_accuracy"] = float((color == COLOR_NAMES.index(target.color)).double().mean())
         if target.has_front:
-            out["facing_accuracy"] = facing_accuracy(_predictions(judge_outputs, "facing", n), azimuths)
-            factors.append(out["facing_accuracy"])
+            facing = _predictions(judge_outputs, "facing", n)
+            out["facing_accuracy"] = facing_accuracy(facing, azimuths)
+            out["facing_balanced"] = facing_balanced(facing, azimuths)
+            factors.append(out["facing_balanced"])
     out["view_consistency"] = math.prod(factors)
     return out
 
 
-__all__ = ["facing_accuracy", "majority_agreement", "view_consistency"]
+__all__ = ["facing_accuracy", "facing_balanced", "majority_agreement", "view_consistency"]
