@@ -27,6 +27,9 @@ from anyto3d.zoo.priors import (
 )
 from anyto3d.zoo.train_priors import (
     TrainConfig,
+    _object_groups,
+    _pick_from_groups,
+    _pick_reference,
     judge_samples,
     load_view_images,
     reconstruction_error,
@@ -205,6 +208,49 @@ def test_novel_view_pairs_share_object_and_lens():
     assert g[0] == g[1] == g[6]  # same object, same lens (to 1e-4 rad)
     assert g[2] == g[3] and g[2] != g[0]  # another lens: another group
     assert g[4] == g[5] and len({g[0], g[2], g[4]}) == 3  # another object: another group
+
+
+def _four_view_groups():
+    """Object 0: four views 90° apart; object 1: three views; object 2: one view."""
+    objects = np.array([0, 0, 0, 0, 1, 1, 1, 2])
+    table, counts = _object_groups(objects)
+    azimuth = torch.tensor([0.0, np.pi / 2, np.pi, -np.pi / 2, 0.0, 3.0, 1.0, 0.0])
+    targets = torch.arange(8).repeat(3000)
+    return table, counts, torch.from_numpy(objects)[targets], targets, azimuth
+
+
+def test_novel_view_reference_draw_defaults_to_the_uniform_one():
+    """Defaults (self allowed, one candidate) draw what the published prior trained on."""
+    table, counts, groups, targets, azimuth = _four_view_groups()
+    ref = _pick_reference(table, counts, groups, targets, azimuth, _gen(5), False, 1)
+    assert torch.equal(ref, _pick_from_groups(table, counts, groups, _gen(5)))
+
+
+def test_novel_view_reference_excludes_the_target_and_favours_large_turns():
+    table, counts, groups, targets, azimuth = _four_view_groups()
+    ref = _pick_reference(table, counts, groups, targets, azimuth, _gen(5), True, 1)
+    assert torch.equal(torch.from_numpy(np.array([0, 0, 0, 0, 1, 1, 1, 2]))[ref], groups)  # same object
+    alone = groups == 2
+    assert bool((ref[~alone] != targets[~alone]).all()) and bool((ref[alone] == targets[alone]).all())
+    partners = torch.bincount(ref[targets == 0], minlength=4)[1:].float() / 3000
+    torch.testing.assert_close(partners, torch.full((3,), 1 / 3), atol=0.04, rtol=0)  # uniform over the others
+    # two candidates: the back (180°) unless both draws are sides, P = 1 − (2/3)² = 5/9; the
+    # two sides tie and split the rest evenly
+    ref2 = _pick_reference(table, counts, groups, targets, azimuth, _gen(5), True, 2)
+    partners = torch.bincount(ref2[targets == 0], minlength=4)[1:].float() / 3000
+    torch.testing.assert_close(partners, torch.tensor([2 / 9, 5 / 9, 2 / 9]), atol=0.04, rtol=0)
+
+
+def test_novel_view_film_conditioning_builds_and_reads_the_camera():
+    prior = _randomise(TinyNovelViewPrior.build_tiny("test", time_scale_shift=True))
+    assert prior.unet.config.resnet_time_scale_shift == "scale_shift"
+    ref = torch.rand(1, 3, 16, 16, generator=_gen(3)) * 2 - 1
+    z = torch.randn(2, 3, 16, 16, generator=_gen(4))
+    cams = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, -1.0, 0.0]])
+    with torch.no_grad():
+        eps = prior.predict_noise(z[:1].expand(2, -1, -1, -1), torch.tensor([400, 400]),
+                                  prior.build_condition(reference_image=ref, relative_camera=cams))
+    assert (eps[0] - eps[1]).abs().mean() > 1e-3
 
 
 @pytest.mark.parametrize("harmonics", [0, 2])
@@ -395,9 +441,11 @@ def test_tiny_real_training_of_the_2d_prior(views_dir, tmp_path):
 
 
 def test_novel_view_training_runs_on_same_lens_pairs(views_dir, tmp_path):
-    cfg = TrainConfig(batch_size=8, checkpoint_every=100, sheet_steps=1, progress=False)
+    cfg = TrainConfig(batch_size=8, checkpoint_every=100, sheet_steps=1, progress=False,
+                      pair_exclude_self=True, pair_turn_candidates=2)  # the published recipe
     metrics = train_prior("novelview", views_dir, tmp_path, 6, seed=1, preset="test", cfg=cfg, embedding_dim=8)
     assert metrics["steps"] == 6 and np.isfinite(metrics["loss_last"])
+    assert metrics["pair_exclude_self"] and metrics["pair_turn_candidates"] == 2
     prior = load_tiny_prior(tmp_path / "model")
     assert prior.config.camera_harmonics == 2 and prior.config.scale_embedding
     assert (tmp_path / "samples.png").is_file()

@@ -140,7 +140,8 @@ def build_encoder(kind: str, data: Path, steps: int, audio_steps: int | None, se
     return metrics
 
 
-def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkpoint_every: int, latent: bool = True) -> dict:
+def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkpoint_every: int, latent: bool = True,
+                turn_candidates: int = 2) -> dict:
     from safetensors.torch import load_file
 
     from anyto3d.module_io import CONFIG_NAME
@@ -148,6 +149,8 @@ def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkp
 
     out = _work_dir(data, kind)
     cfg = TrainConfig(batch_size=batch, checkpoint_every=checkpoint_every, progress=False)
+    if kind == "novelview":  # the published novel-view prior's pairs (TrainConfig, MODEL_CARD session 6)
+        cfg.pair_exclude_self, cfg.pair_turn_candidates = True, turn_candidates
     if kind == "vae":
         cfg.lr, cfg.ema_decay = 1e-3, 0.99
         metrics = train_vae(data / "train", out, steps, seed, cfg=cfg)
@@ -213,6 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--audio-only", action="store_true",
                         help="binder: keep the published image and text towers; train only a new audio tower")
+    parser.add_argument("--turn-candidates", type=int, default=2,
+                        help="novelview: reference draws per target, the farthest turn kept (1: uniform)")
     parser.add_argument("--latent", action=argparse.BooleanOptionalAction, default=True,
                         help="priors: train in the tiny VAE's latents (default) or in pixels (--no-latent)")
     args = parser.parse_args(argv)
@@ -229,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
     elif args.stage in ("binder", "judge"):
         result = build_encoder(args.stage, data, args.steps, args.audio_steps, args.seed, args.audio_only)
     else:
-        result = build_prior(args.stage, data, args.steps, args.seed, args.batch, args.checkpoint_every, args.latent)
+        result = build_prior(args.stage, data, args.steps, args.seed, args.batch, args.checkpoint_every, args.latent,
+                             args.turn_candidates)
     result = {k: v for k, v in result.items() if k != "loss_curve"}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=1, default=str))

@@ -563,6 +563,9 @@ class TinyNovelViewConfig(TinyUNetConfig):
     # error moved by 3 % between the asked turn and none (60 % with its own MLP): it copied the
     # reference (measured, MODEL_CARD).
     camera_harmonics: int = 0
+    # True: the time embedding (which carries camera and embedding) scales and shifts each
+    # ResNet block's normalised features (FiLM) instead of being added to them.
+    time_scale_shift: bool = False
 
 
 class TinyNovelViewPrior(TinyPriorMixin, Prior):
@@ -611,6 +614,7 @@ class TinyNovelViewPrior(TinyPriorMixin, Prior):
             norm_num_groups=config.norm_num_groups,
             attention_head_dim=config.attention_head_dim,
             class_embed_type="identity",
+            resnet_time_scale_shift="scale_shift" if config.time_scale_shift else "default",
         )
         width = config.block_out_channels[0] * 4
 

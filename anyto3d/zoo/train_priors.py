@@ -86,6 +86,12 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     p_uncond: float = 0.15
+    # Novel-view pairs only. A target's reference is one of the other views of its object at its
+    # lens, never the target itself (with the uniform draw, 16 % of pairs were the view itself: a
+    # lesson in copying the reference), and of ``pair_turn_candidates`` such draws the one turned
+    # farthest in azimuth, so large turns — the back of an object — are seen more often.
+    pair_exclude_self: bool = False
+    pair_turn_candidates: int = 1
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sheet_steps: int = 25  # DDIM steps for the sample sheet (0: no sheet)
@@ -352,6 +358,31 @@ def _pick_from_groups(
     return table[objects, r]
 
 
+def _pick_reference(
+    table, counts, groups: torch.Tensor, targets: torch.Tensor, azimuth: torch.Tensor,
+    gen: torch.Generator, exclude_self: bool, candidates: int,
+) -> torch.Tensor:
+    """A reference view per target from its group (``TrainConfig.pair_exclude_self`` and
+    ``pair_turn_candidates``); a group of one view pairs the view with itself."""
+    n = counts[groups]
+    best, best_turn = targets, torch.full(targets.shape, -1.0)
+    for _ in range(max(1, int(candidates))):
+        if exclude_self:
+            # uniform over the other n - 1 views: draw a slot below the last, and take the last
+            # view where the drawn slot holds the target itself
+            r = (torch.rand(targets.shape[0], generator=gen) * (n - 1)).long().clamp_max((n - 2).clamp_min(0))
+            pick = table[groups, r]
+            pick = torch.where((pick == targets) & (n > 1), table[groups, n - 1], pick)
+        else:
+            pick = _pick_from_groups(table, counts, groups, gen)
+        turn = torch.remainder(azimuth[pick] - azimuth[targets] + math.pi, 2 * math.pi).sub(math.pi).abs()
+        if candidates > 1:  # equal turns (a 4-view group's two sides) tie at random, not by rounding
+            turn = turn + 1e-3 * torch.rand(turn.shape, generator=gen)
+        better = turn > best_turn
+        best, best_turn = torch.where(better, pick, best), torch.where(better, turn, best_turn)
+    return best
+
+
 def _drop_grouped(
     prior: Prior, cond: Condition, p: float, group: int, gen: torch.Generator
 ) -> Condition:
@@ -445,10 +476,12 @@ def make_loss_fn(
         lens_group = same_lens_groups(data.object_index, data.fovy)
         pair_table, pair_counts = _object_groups(lens_group)
         pair_of = torch.from_numpy(lens_group)
+        azimuth = cams.azimuth.reshape(-1).float()
 
         def loss_fn(gen):
             target = torch.randint(0, z_all.shape[0], (B,), generator=gen)
-            ref = _pick_from_groups(pair_table, pair_counts, pair_of[target], gen)
+            ref = _pick_reference(pair_table, pair_counts, pair_of[target], target, azimuth, gen,
+                                  cfg.pair_exclude_self, cfg.pair_turn_candidates)
             rel = relative_camera(cams[ref], cams[target])
             cond = prior.build_condition(
                 reference=z_all[ref],
@@ -713,6 +746,8 @@ def train_prior(
         "train_seconds": train_seconds,  # this run plus the loop time of the runs it resumed
         **_loss_summary(result["losses"]),
     }
+    if kind == "novelview":
+        metrics.update(pair_exclude_self=cfg.pair_exclude_self, pair_turn_candidates=cfg.pair_turn_candidates)
     if cfg.sheet_steps > 0:
         sample_sheet(
             prior,
