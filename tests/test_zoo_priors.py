@@ -220,7 +220,7 @@ def _four_view_groups():
 
 
 def test_novel_view_reference_draw_defaults_to_the_uniform_one():
-    """Defaults (self allowed, one candidate) draw what the published prior trained on."""
+    """Defaults (self allowed, one candidate) are the uniform draw the session-5 prior trained on."""
     table, counts, groups, targets, azimuth = _four_view_groups()
     ref = _pick_reference(table, counts, groups, targets, azimuth, _gen(5), False, 1)
     assert torch.equal(ref, _pick_from_groups(table, counts, groups, _gen(5)))

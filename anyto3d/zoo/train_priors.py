@@ -13,7 +13,8 @@ What each prior learns from:
 * ``prior2d``: a view and its embedding, noised at a random level (unCLIP's augmentation).
 * ``novelview``: pairs of views of one object at one field of view — the target view given the
   reference view, the relative camera (:func:`anyto3d.cameras.relative_camera`) and the
-  reference's embedding.
+  reference's embedding; ``TrainConfig.pair_exclude_self`` and ``pair_turn_candidates`` choose
+  how the reference is drawn.
 * ``multiview``: N views of one object (the dataset's MVDream-style groups when it was rendered
   with ``views_per_group = N``, else N random views of the object), one timestep and one dropout
   draw per group.
