@@ -14,8 +14,9 @@ Which encoder scores what (``metrics["encoder"]`` says it too)
 -------------------------------------------------------------
 * **tiny**: the *judge* (:class:`~anyto3d.zoo.judge.TinyJudge`, never used in training losses)
   scores CLIP-R — per view, the true prompt's world object must get the highest
-  :meth:`~anyto3d.zoo.judge.TinyJudge.clip_like` score among the candidates — and view
-  consistency. The judge has no text or audio tower, so CLIP-I and ARCC are cosines in the
+  :meth:`~anyto3d.zoo.judge.TinyJudge.clip_like` score among the candidates, each named as
+  that view's camera names it (a "left of" composition seen from behind is its mirror) — and
+  view consistency. The judge has no text or audio tower, so CLIP-I and ARCC are cosines in the
   *binder's* aligned space (the binder plays ImageBind, which is XBind's encoder C in Eq. 14).
   Candidates are the suite's prompts; without a suite, the world's 136 single objects (XBind
   retrieves among 136 DreamFusion prompts), plus the target when it is a composition.
@@ -182,7 +183,7 @@ def score_tiny(views: Views, prompt: dict, encoded: Path, suite: tuple[list[dict
                 candidates = candidates + [target]
             index = candidates.index(target)
     if candidates is not None:
-        scores = judge.clip_like(images, candidates)
+        scores = judge.clip_like(images, candidates, torch.rad2deg(views.cameras.azimuth).cpu().numpy())
         out["clip_r"] = r_precision_from_scores(scores, index)
         out["clip_r_candidates"] = len(candidates)
         out["target"] = target.id

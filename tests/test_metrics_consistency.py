@@ -108,3 +108,39 @@ def test_bad_input():
         view_consistency(outputs(), AZ, HOUSE)  # house has a front: facing head needed
     with pytest.raises(InputError):
         view_consistency(outputs(n=10), AZ, None)  # 10 predictions for 120 views
+
+
+def _left_of_readings(subject_everywhere: bool):
+    """Judge outputs over the orbit for "cone-green left of cube-yellow": the judge names views
+    view-relatively, so a right asset reads the yellow cube as the subject from behind; an asset
+    that shows the green cone on the image's left from every side (a front painted all round)
+    reads the cone as the subject everywhere."""
+    degrees = [3 * j for j in range(120)]
+    back = [90 < a < 270 for a in degrees]
+    swap = [b and not subject_everywhere for b in back]
+    part = lambda name: one_hot([1 + SHAPES.index(name)] * 1, ("none", *SHAPES))[0]
+    tint = lambda name: one_hot([1 + COLOR_NAMES.index(name)] * 1, ("none", *COLOR_NAMES))[0]
+    return {
+        "shape": one_hot([SHAPES.index("cube" if s else "cone") for s in swap], SHAPES),
+        "color": one_hot([COLOR_NAMES.index("yellow" if s else "green") for s in swap], COLOR_NAMES),
+        "part_shape": torch.stack([part("cone" if s else "cube") for s in swap]),
+        "second_color": torch.stack([tint("green" if s else "yellow") for s in swap]),
+        # facing of the named object: the mirror is seen from the front half
+        "facing": one_hot([0 if (a <= 45 or a >= 315 or 135 <= a <= 225) else 1 for a in degrees], FACINGS),
+    }
+
+
+def test_a_left_of_target_is_read_in_its_own_frame():
+    target = WorldObject.from_id("cone-green.left_of.cube-yellow")
+    right = view_consistency(_left_of_readings(subject_everywhere=False), AZ, target)
+    assert right["shape_accuracy"] == right["color_accuracy"] == 1.0
+    assert right["shape_agreement"] == right["color_agreement"] == 1.0
+    assert right["facing_accuracy"] == right["facing_balanced"] == 1.0
+    # the cone on the left from every side is wrong from behind: 59 of 120 views are behind
+    # (93°..267° in 3° steps), and their subject is then read from the part heads: the cube
+    wrong = view_consistency(_left_of_readings(subject_everywhere=True), AZ, target)
+    assert wrong["color_accuracy"] == wrong["shape_accuracy"] == pytest.approx(61 / 120)
+    assert wrong["color_agreement"] == pytest.approx(61 / 120)
+    # a target with no view-relative name reads the subject heads only (no part heads needed)
+    house = view_consistency(outputs(facing=true_facing()), AZ, HOUSE)
+    assert house["view_consistency"] == 1.0

@@ -16,6 +16,7 @@ from anyto3d.zoo.judge import (
     accuracy,
     object_for_caption,
     object_labels,
+    view_label_table,
     view_labels,
 )
 from anyto3d.zoo.splits import is_heldout
@@ -67,8 +68,46 @@ def test_labels_of_objects_and_views():
     house = object_labels(WorldObject.from_id("house-red"))
     assert HEADS["second_color"][house["second_color"]] == "blue"  # the roof (SECONDARY["red"])
     assert HEADS["relation"][house["relation"]] == "none"
-    views = view_labels([WorldObject.from_id("house-red"), WorldObject.from_id("sphere-red")], np.array([2, 0]))
+    views = view_labels([WorldObject.from_id("house-red"), WorldObject.from_id("sphere-red")], np.array([170.0, 0.0]))
     assert views["facing"].tolist() == [2, IGNORE]  # a sphere has no front
+    with pytest.raises(InputError, match="azimuths for"):
+        view_labels([WorldObject.from_id("house-red")], np.array([0.0, 1.0]))
+
+
+def test_left_of_views_are_labelled_as_the_camera_names_them():
+    obj = WorldObject.from_id("cone-green.left_of.cube-yellow")
+    lab = view_labels([obj] * 4, np.array([0.0, 60.0, 120.0, 180.0]))
+    names = lambda h: [HEADS[h][i] for i in lab[h].tolist()]
+    assert names("shape") == ["cone", "cone", "cube", "cube"]
+    assert names("color") == ["green", "green", "yellow", "yellow"]
+    assert names("part_shape") == ["cube", "cube", "cone", "cone"]
+    assert names("second_color") == ["yellow", "yellow", "green", "green"]
+    assert names("relation") == ["left_of"] * 4
+    # facing relative to the named object's front: from behind, the mirror is seen from the front
+    assert [HEADS["facing"][i] for i in lab["facing"].tolist()] == ["front", "side", "side", "front"]
+    # the [B, K] table clip_like uses agrees with view_labels for every candidate
+    other = WorldObject.from_id("cone-red.on.cube-blue")
+    table = view_label_table([obj, other], np.array([0.0, 60.0, 120.0, 180.0]))
+    for h in ("shape", "color", "part_shape", "second_color", "relation"):
+        assert table[h][:, 0].tolist() == lab[h].tolist()
+        assert table[h][:, 1].tolist() == [object_labels(other)[h]] * 4
+    assert view_label_table([obj], None)["color"].tolist() == [[HEADS["color"].index("green")]]
+
+
+def test_clip_like_names_candidates_per_view():
+    torch.manual_seed(0)
+    judge = TinyJudge(SMALL).eval()
+    images = torch.rand(2, 32, 32, 3)
+    obj = WorldObject.from_id("cone-green.left_of.cube-yellow")
+    cands = [obj, obj.mirrored, WorldObject.from_id("house-red")]
+    seen = judge.clip_like(images, cands, np.array([180.0, 180.0]))
+    plain = judge.clip_like(images, cands)
+    # from behind, a "left of" candidate scores as its mirror does from the front; others keep theirs
+    assert torch.allclose(seen[:, 0], plain[:, 1]) and torch.allclose(seen[:, 1], plain[:, 0])
+    assert torch.allclose(seen[:, 2], plain[:, 2])
+    assert torch.allclose(judge.clip_like(images, cands, np.array([10.0, -60.0])), plain)
+    with pytest.raises(InputError, match="azimuths for 2 images"):
+        judge.clip_like(images, cands, np.array([0.0]))
 
 
 def test_forward_gives_probabilities_per_head():

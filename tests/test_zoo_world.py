@@ -22,6 +22,7 @@ from anyto3d.zoo.world import (
     Item,
     WorldObject,
     all_compositions,
+    behind,
     bounding_radius,
     catalogue,
     composition_objects,
@@ -248,6 +249,31 @@ def test_left_of_is_left_in_the_front_camera_image():
     back_a = torch.nonzero(_color_pixels(rgb[1], COLORS["green"]))[:, 1].float().mean()
     back_b = torch.nonzero(_color_pixels(rgb[1], COLORS["yellow"]))[:, 1].float().mean()
     assert front_a < front_b and back_a > back_b  # left from the front, right from the back
+
+
+def test_left_of_seen_from_behind_is_its_mirror_seen_from_the_front():
+    obj = WorldObject.composition(Item("cone", "green"), "left_of", Item("cube", "yellow"))
+    mirror = WorldObject.composition(Item("cube", "yellow"), "left_of", Item("cone", "green"))
+    assert obj.mirrored == mirror and mirror.mirrored == obj
+    # the picture itself: from 180° and 150° it is the mirror composition from 0° and -30°
+    back = render_views(obj, _cams([180.0, 150.0]), 32, lighting="albedo")
+    front = render_views(mirror, _cams([0.0, -30.0]), 32, lighting="albedo")
+    assert torch.allclose(back, front, atol=1e-4)
+    # and it is named that way from the back half only (exactly side-on is the front half's)
+    assert obj.seen_from(180.0) == (mirror, 360.0) and obj.seen_from(-100.0) == (mirror, 80.0)
+    assert obj.seen_from(90.0) == (obj, 90.0) and obj.seen_from(-45.0) == (obj, -45.0)
+    assert behind(91.0) and not behind(90.0) and behind(np.array([0.0, 135.0, -135.0])).tolist() == [False, True, True]
+
+
+def test_only_left_of_is_renamed_from_behind():
+    for oid in ("cone-red.on.cube-blue", "sphere-red.in_front_of.cube-blue", "house-red", "cube-red"):
+        obj = WorldObject.from_id(oid)
+        assert obj.mirrored == obj and obj.seen_from(180.0) == (obj, 180.0)
+    # "in front of" is not its mirror from behind: the front part is the smaller one
+    obj = WorldObject.from_id("sphere-red.in_front_of.cube-blue")
+    other = WorldObject.from_id("cube-blue.in_front_of.sphere-red")
+    assert not torch.allclose(render_views(obj, _cams([180.0]), 32, lighting="albedo"),
+                              render_views(other, _cams([0.0]), 32, lighting="albedo"), atol=1e-2)  # fmt: skip
 
 
 # --- motion ----------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from anyto3d.errors import InputError
-from anyto3d.zoo.world import COLOR_NAMES, SHAPES, WorldObject, facing_index
+from anyto3d.zoo.world import COLOR_NAMES, SHAPES, WorldObject, behind, facing_index
 
 
 def _predictions(judge_outputs: Mapping[str, torch.Tensor], head: str, n_views: int | None) -> torch.Tensor:
@@ -57,30 +57,66 @@ def majority_agreement(labels: torch.Tensor) -> float:
     return float(counts.max()) / labels.numel()
 
 
-def _expected_facing(azimuth_rad: torch.Tensor) -> torch.Tensor:
+def _azimuth_deg(azimuth_rad: torch.Tensor) -> np.ndarray:
     azimuth_deg = np.degrees(np.asarray(torch.as_tensor(azimuth_rad, dtype=torch.float64).reshape(-1)))
-    azimuth_deg = np.round(azimuth_deg, 4)  # float32 radians put 45° at 45.000001°: sector edges are inclusive
+    return np.round(azimuth_deg, 4)  # float32 radians put 45° at 45.000001°: sector edges are inclusive
+
+
+def expected_facing(azimuth_rad: torch.Tensor, target: WorldObject | None = None) -> torch.Tensor:
+    """Facing index [V] (0 front, 1 side, 2 back) that cameras at ``azimuth_rad`` see of an object
+    whose front faces azimuth 0, or of ``target`` as each camera names it
+    (:meth:`WorldObject.seen_from`: a "left of" composition is seen from the front half only)."""
+    azimuth_deg = _azimuth_deg(azimuth_rad)
+    if target is not None:
+        azimuth_deg = np.array([target.seen_from(a)[1] for a in azimuth_deg])
     return torch.as_tensor(np.atleast_1d(facing_index(azimuth_deg))).long()
 
 
-def facing_accuracy(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor) -> float:
-    """Fraction of views whose predicted facing index (0 front, 1 side, 2 back) equals the one the
-    camera azimuth implies for an object whose front faces azimuth 0 (:func:`facing_index`)."""
-    expected = _expected_facing(azimuth_rad)
-    if expected.numel() != predicted_facing.numel():
-        raise InputError(f"{predicted_facing.numel()} facing predictions for {expected.numel()} azimuths")
-    return float((predicted_facing.reshape(-1).long() == expected.long()).double().mean())
-
-
-def facing_balanced(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor) -> float:
-    """Mean over the facing sectors the orbit covers of the fraction of that sector's views whose
-    predicted facing is right (balanced accuracy; :func:`facing_accuracy` per sector)."""
-    expected = _expected_facing(azimuth_rad)
+def _matched(predicted_facing: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
     predicted = predicted_facing.reshape(-1).long()
     if expected.numel() != predicted.numel():
         raise InputError(f"{predicted.numel()} facing predictions for {expected.numel()} azimuths")
+    return predicted
+
+
+def facing_accuracy(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor, target: WorldObject | None = None) -> float:
+    """Fraction of views whose predicted facing index equals :func:`expected_facing`."""
+    expected = expected_facing(azimuth_rad, target)
+    return float((_matched(predicted_facing, expected) == expected).double().mean())
+
+
+def facing_balanced(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor, target: WorldObject | None = None) -> float:
+    """Mean over the facing sectors the orbit covers of the fraction of that sector's views whose
+    predicted facing is right (balanced accuracy; :func:`facing_accuracy` per sector)."""
+    expected = expected_facing(azimuth_rad, target)
+    predicted = _matched(predicted_facing, expected)
     recalls = [float((predicted[expected == k] == k).double().mean()) for k in expected.unique().tolist()]
     return sum(recalls) / len(recalls)
+
+
+def subject_readings(
+    judge_outputs: Mapping[str, torch.Tensor], azimuth_rad: torch.Tensor, target: WorldObject | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shape [V], colour [V]) the judge reads for the target's own subject in each view.
+
+    The judge names views view-relatively (:meth:`WorldObject.seen_from`): from behind "A left
+    of B" it reports B as the subject and A as the reference part. For such a target those views'
+    subject is read from the reference-part heads (``part_shape``, ``second_color``), so a right
+    asset reads the same subject all round. Any other target (or none): the subject heads. A
+    reference-part reading of "none" becomes an index past the last class (never a match).
+    """
+    n = torch.as_tensor(azimuth_rad).numel()
+    shape = _predictions(judge_outputs, "shape", n)
+    color = _predictions(judge_outputs, "color", n)
+    if target is None or target.mirrored == target:
+        return shape, color
+    back = torch.as_tensor(behind(_azimuth_deg(azimuth_rad)))
+    # the part heads' classes are ("none", *SHAPES) / ("none", *COLOR_NAMES)
+    part = _predictions(judge_outputs, "part_shape", n) - 1
+    second = _predictions(judge_outputs, "second_color", n) - 1
+    part = torch.where(part < 0, len(SHAPES), part)
+    second = torch.where(second < 0, len(COLOR_NAMES), second)
+    return torch.where(back, part, shape), torch.where(back, second, color)
 
 
 def view_consistency(
@@ -89,16 +125,16 @@ def view_consistency(
     """Consistency figures (module docstring) from per-view judge outputs.
 
     ``judge_outputs``: head name -> [V, classes] probabilities or logits (``TinyJudge.classify``
-    or ``TinyJudge.forward``), needing ``shape`` and ``color`` (and ``facing`` for a target with
-    a front); ``azimuths``: [V] camera azimuths in radians; ``target``: the world object the asset
-    should be, or ``None`` when the prompt is not a world object (then no facing accuracy).
+    or ``TinyJudge.forward``), needing ``shape`` and ``color`` (``facing`` for a target with a
+    front, ``part_shape`` and ``second_color`` for a "left of" target: :func:`subject_readings`);
+    ``azimuths``: [V] camera azimuths in radians; ``target``: the world object the asset should
+    be, or ``None`` when the prompt is not a world object (then no facing accuracy).
     """
     azimuths = torch.as_tensor(azimuths).reshape(-1)
     n = azimuths.numel()
     if n == 0:
         raise InputError("view consistency needs at least one view")
-    shape = _predictions(judge_outputs, "shape", n)
-    color = _predictions(judge_outputs, "color", n)
+    shape, color = subject_readings(judge_outputs, azimuths, target)
     out = {"shape_agreement": majority_agreement(shape), "color_agreement": majority_agreement(color)}
     factors = [out["shape_agreement"], out["color_agreement"]]
     if target is not None:
@@ -106,11 +142,18 @@ def view_consistency(
         out["color_accuracy"] = float((color == COLOR_NAMES.index(target.color)).double().mean())
         if target.has_front:
             facing = _predictions(judge_outputs, "facing", n)
-            out["facing_accuracy"] = facing_accuracy(facing, azimuths)
-            out["facing_balanced"] = facing_balanced(facing, azimuths)
+            out["facing_accuracy"] = facing_accuracy(facing, azimuths, target)
+            out["facing_balanced"] = facing_balanced(facing, azimuths, target)
             factors.append(out["facing_balanced"])
     out["view_consistency"] = math.prod(factors)
     return out
 
 
-__all__ = ["facing_accuracy", "facing_balanced", "majority_agreement", "view_consistency"]
+__all__ = [
+    "expected_facing",
+    "facing_accuracy",
+    "facing_balanced",
+    "majority_agreement",
+    "subject_readings",
+    "view_consistency",
+]

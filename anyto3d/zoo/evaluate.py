@@ -30,6 +30,9 @@
     (:func:`true_novel_views`), the held-out group. It is the ceiling a prior's figure is read
     against: the judge errs, and some asked views cannot show what is scored. ``singles`` (novel
     view): the single objects apart from the two-part compositions.
+  - Novel and multi-view targets are named as each view's camera names them
+    (:meth:`~anyto3d.zoo.world.WorldObject.seen_from`): "A left of B" asked from behind is right
+    when the sample shows B on the left, A on the right — read as "B left of A" from the front.
 
 * **motion classifier** (:func:`classify_motion`, hand-written, no training): validated on
   ground-truth clips rendered by :func:`anyto3d.zoo.dataset.render_clips` (held-out objects,
@@ -322,6 +325,16 @@ def _labels(objects: list[WorldObject]) -> dict[str, torch.Tensor]:
     return {h: torch.tensor([r[h] for r in rows]) for h in ("shape", "color")}
 
 
+def _seen_labels(objects: list[WorldObject], azimuth_deg) -> dict[str, torch.Tensor]:
+    """Shape, colour and facing [M] of M views, each object named as its camera names it
+    (:func:`~anyto3d.zoo.judge.view_labels`: a "left of" composition seen from behind is its
+    mirror, seen from the front half)."""
+    from anyto3d.zoo.judge import view_labels
+
+    labels = view_labels(objects, azimuth_deg)
+    return {h: labels[h] for h in ("shape", "color", "facing")}
+
+
 def _sample(prior, cond, cfg: EvalConfig, offset: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + offset)
     return prior.sample(cond, guidance_scale=cfg.guidance_scale, steps=cfg.steps, generator=gen)
@@ -387,7 +400,8 @@ def true_novel_views(objects: list[WorldObject], data, rows, delta_azimuth_deg) 
 
 def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
     """Two asked views per reference: Δaz = 180° (back) and Δaz = ±90° (side, away from the
-    nearer facing boundary); expected facing from the target azimuth (the front is at 0)."""
+    nearer facing boundary); expected shape, colour and facing from the target azimuth (the
+    front is at 0), the object named as that camera names it (:func:`_seen_labels`)."""
     from anyto3d.zoo.train_priors import judge_samples
 
     fronted = [o for o in _heldout_objects_in(data) if o.has_front]
@@ -396,17 +410,17 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     rows = [_frontal_view(data, index_of[o.id]) for o in refs]
     rgb = _view_rgb(data, rows)
     ref_az = np.degrees(data.azimuth[rows]).astype(np.float64)
-    asked, expected = novel_view_requests(ref_az)
+    asked, _ = novel_view_requests(ref_az)
     d_az = torch.from_numpy(np.radians(asked.reshape(-1))).float()
     rel = torch.stack([torch.zeros_like(d_az), d_az.sin(), d_az.cos(), torch.zeros_like(d_az)], dim=1)
-    facing = torch.from_numpy(expected.reshape(-1))
     embedding = binder.embed_image(rgb).repeat_interleave(2, 0) if prior.config.embedding_dim else None
     cond = prior.build_condition(
         reference_image=renderer_to_prior(rgb).repeat_interleave(2, 0), relative_camera=rel, embedding=embedding
     )
     samples = _sample(prior, cond, cfg, 2)
     objects = [o for o in refs for _ in range(2)]
-    targets = {**_labels(objects), "facing": facing}
+    targets = _seen_labels(objects, (ref_az[:, None] + asked).reshape(-1))
+    expected = targets["facing"].view(-1, 2)
     truth_views = renderer_to_prior(true_novel_views(objects, data, np.repeat(rows, 2), asked.reshape(-1)))
     scores = judge_samples(samples, targets, _judge_classifier(judge))
     scores["truth"] = judge_samples(truth_views, targets, _judge_classifier(judge))
@@ -453,7 +467,8 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     cond = prior.build_condition(binder.embed_texts(captions), torch.from_numpy(data.c2w[rows]))
     samples = _sample(prior, cond, cfg, 3)
     has_front = torch.tensor([o.has_front for o in picked])
-    facing = torch.from_numpy(data.facing[rows].astype(np.int64)).view(-1, N)
+    seen = _seen_labels([o for o in picked for _ in range(N)], np.degrees(data.azimuth[rows]))
+    facing = seen["facing"].view(-1, N)
     classifier = _judge_classifier(judge)
 
     def grouped_scores(images: torch.Tensor) -> dict:
@@ -462,10 +477,9 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
         for name, keep in (("with_front", has_front), ("without_front", ~has_front)):
             if not bool(keep.any()):
                 continue
-            targets = _labels([o for o, k in zip(picked, keep.tolist()) if k])
-            if name == "with_front":
-                targets["facing"] = facing[keep].reshape(-1)
-            parts[name] = judge_samples(images[keep.repeat_interleave(N)], targets, classifier, group_size=N)
+            views = keep.repeat_interleave(N)
+            targets = {h: seen[h][views] for h in (("shape", "color", "facing") if name == "with_front" else ("shape", "color"))}
+            parts[name] = judge_samples(images[views], targets, classifier, group_size=N)
             weights[name] = int(keep.sum())
         total = sum(weights.values())
         return {

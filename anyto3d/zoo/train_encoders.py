@@ -78,6 +78,7 @@ class Views:
     object_index: np.ndarray  # into ``objects`` (only the split's objects, renumbered)
     facing: np.ndarray
     objects: list[WorldObject]
+    azimuth_deg: np.ndarray  # camera azimuth per view (the front faces 0)
 
     def __len__(self) -> int:
         return self.rgb.shape[0]
@@ -100,7 +101,7 @@ def load_views(dataset_dir, split: str = "train") -> Views:
     sel = renumber[data.arrays["object_index"]] >= 0
     rgb = torch.from_numpy(data.rgba[sel][..., :3]).float() / 255.0
     return Views(rgb, renumber[data.arrays["object_index"][sel]], data.arrays["facing"][sel].astype(np.int64),
-                 [data.objects[i] for i in keep_obj])  # fmt: skip
+                 [data.objects[i] for i in keep_obj], np.degrees(data.arrays["azimuth"][sel].astype(np.float64)))  # fmt: skip
 
 
 def concat_views(parts: list[Views]) -> Views:
@@ -111,6 +112,7 @@ def concat_views(parts: list[Views]) -> Views:
         np.concatenate([v.object_index + o for v, o in zip(parts, offsets)]),
         np.concatenate([v.facing for v in parts]),
         [obj for v in parts for obj in v.objects],
+        np.concatenate([v.azimuth_deg for v in parts]),
     )
 
 
@@ -493,7 +495,7 @@ def train_judge(
     torch.manual_seed(seed)
     model = TinyJudge(cfg)
     views = concat_views([load_views(dataset_dir, split), *(load_views(d, "train") for d in extra_data)])
-    labels = view_labels(views.view_objects(), views.facing)
+    labels = view_labels(views.view_objects(), views.azimuth_deg)
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     state = _load_checkpoint(ckpt_path)
     start = 0
@@ -537,7 +539,7 @@ def evaluate_judge(judge: TinyJudge, dataset_dir, split: str = "heldout") -> dic
     split's objects."""
     views = load_views(dataset_dir, split)
     objs = views.view_objects()
-    labels = view_labels(objs, views.facing)
+    labels = view_labels(objs, views.azimuth_deg)
     probs = judge.classify(views.rgb)
     single = torch.tensor([o.relation is None for o in objs])
     has_front = labels["facing"] != -100
@@ -556,7 +558,7 @@ def evaluate_judge(judge: TinyJudge, dataset_dir, split: str = "heldout") -> dic
         if bool(rows.any()):
             out[name] = {**accuracy({h: probs[h][rows] for h in heads}, {h: labels[h][rows] for h in heads}),
                          "n_views": int(rows.sum())}  # fmt: skip
-    scores = judge.clip_like(views.rgb, views.objects)
+    scores = judge.clip_like(views.rgb, views.objects, views.azimuth_deg)
     out["clip_r"] = _top1(scores, torch.as_tensor(views.object_index))
     out["n_views"] = len(views)
     return out

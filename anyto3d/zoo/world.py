@@ -37,6 +37,10 @@ Symmetry and facing
 sees from its azimuth relative to the front: |Δaz| ≤ 45° front, ≥ 135° back, else side
 (DreamFusion's view-dependent prompt sectors). A Janus result shows its "front" from the back.
 
+A camera behind "A left of B" sees B on its left: the same picture as "B left of A" from the
+front half. :meth:`WorldObject.seen_from` names each view that way (view-relative "left of"),
+and the judge is trained and scored on those names.
+
 Object ids are deterministic strings: ``cube-red``, ``torus-tilted-blue``,
 ``cone-red.on.cube-blue``, and ``house-blue+red`` for a two-colour object with a second colour
 other than its fixed pairing (the judge's extra training views only);
@@ -105,6 +109,13 @@ def facing_index(relative_deg, front_half_width: float = 45.0, back_half_width: 
     a = np.abs(relative_azimuth_deg(relative_deg))
     out = np.where(a <= front_half_width, 0, np.where(a >= 180.0 - back_half_width, 2, 1))
     return int(out) if out.ndim == 0 else out.astype(np.int64)
+
+
+def behind(azimuth_deg):
+    """Whether a camera at ``azimuth_deg`` is in the back half (|Δaz| > 90° from the front);
+    scalar or array. Exactly side-on is the front half's, so each view has one name."""
+    out = np.abs(relative_azimuth_deg(azimuth_deg)) > 90.0
+    return bool(out) if out.ndim == 0 else out
 
 
 def facing(relative_deg: float, front_half_width: float = 45.0, back_half_width: float = 45.0) -> str:
@@ -263,6 +274,29 @@ class WorldObject:
     def facing(self, azimuth_deg: float) -> str:
         """What a camera at world azimuth ``azimuth_deg`` sees (the front is at azimuth 0)."""
         return facing(relative_azimuth_deg(azimuth_deg))
+
+    @property
+    def mirrored(self) -> WorldObject:
+        """The object a half turn about z makes of this one, named in this world's terms:
+        "B left of A" for "A left of B" (its parts are symmetric under a half turn), itself
+        for every other object (they either look the same or have no name for the result)."""
+        if self.relation != "left_of":
+            return self
+        return WorldObject((self.items[1], self.items[0]), self.relation)
+
+    def seen_from(self, azimuth_deg: float) -> tuple[WorldObject, float]:
+        """(the object as a camera at world azimuth ``azimuth_deg`` names it, that camera's
+        azimuth relative to the named object's front).
+
+        Names are view-relative for "left of" only. "A left of B" seen from behind
+        (:func:`behind`) is the same picture as "B left of A" seen from the front half, so no
+        image classifier can tell the two apart; the name returned is the one whose subject is
+        on the image's left. "On" and "in front of" look different from behind (the front part
+        is smaller), so they keep their names, as do single objects.
+        """
+        if self.relation == "left_of" and behind(azimuth_deg):
+            return self.mirrored, float(azimuth_deg) + 180.0
+        return self, float(azimuth_deg)
 
     # --- geometry -----------------------------------------------------------------------------
 
@@ -542,6 +576,7 @@ __all__ = [
     "TWO_COLOR_SHAPES",
     "WorldObject",
     "all_compositions",
+    "behind",
     "bounding_radius",
     "catalogue",
     "composition_objects",
