@@ -377,7 +377,8 @@ def _frontal_view(data, obj_index: int) -> int:
 def novel_view_requests(reference_azimuth_deg) -> tuple[np.ndarray, np.ndarray]:
     """Asked relative azimuths ``[R, 2]`` (degrees) — 180° and ±90°, the sign turning the side
     view away from the nearer front/side boundary — and the facing index each target has
-    (``facing_index`` of reference + Δaz; the front is at azimuth 0)."""
+    (``facing_index`` of reference + Δaz; the front is at azimuth 0). That is the object's own
+    facing; scoring names a "left of" composition per view instead (:func:`_seen_labels`)."""
     ref = np.asarray(reference_azimuth_deg, dtype=np.float64).reshape(-1)
     asked = np.stack([np.full(ref.shape, 180.0), np.where(ref < 0, 90.0, -90.0)], axis=1)
     expected = np.asarray(facing_index(ref[:, None] + asked), dtype=np.int64).reshape(asked.shape)
