@@ -294,7 +294,7 @@ class WorldObject:
         on the image's left. "On" and "in front of" look different from behind (the front part
         is smaller), so they keep their names, as do single objects.
         """
-        if self.relation == "left_of" and behind(azimuth_deg):
+        if behind(azimuth_deg) and self.mirrored != self:
             return self.mirrored, float(azimuth_deg) + 180.0
         return self, float(azimuth_deg)
 
