@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from anyto3d.cameras import orbit_cameras
 from anyto3d.errors import InputError
 from anyto3d.metrics.consistency import (
+    NO_FACING,
+    expected_facing,
     facing_accuracy,
     facing_balanced,
     majority_agreement,
@@ -144,3 +146,23 @@ def test_a_left_of_target_is_read_in_its_own_frame():
     # a target with no view-relative name reads the subject heads only (no part heads needed)
     house = view_consistency(outputs(facing=true_facing()), AZ, HOUSE)
     assert house["view_consistency"] == 1.0
+
+
+def test_a_marked_cube_is_a_plain_cube_from_behind():
+    target = WorldObject.from_id("marked_cube-green")
+    degrees = [3 * j for j in range(120)]
+    back = [90 < a < 270 for a in degrees]  # 59 views (93°..267°)
+    # right: the mark shows from the front half only; the back half reads a plain cube, and its
+    # facing (a plain cube has none) is not scored, whatever the judge says there
+    right = outputs(["cube" if b else "marked_cube" for b in back], "green", facing=[2 if b else f for b, f in zip(back, true_facing())])
+    got = view_consistency(right, AZ, target)
+    assert got["shape_accuracy"] == got["shape_agreement"] == got["color_accuracy"] == 1.0
+    assert got["facing_accuracy"] == got["facing_balanced"] == 1.0 and got["view_consistency"] == 1.0
+    # facing is scored on the 61 front-half views only: front and side sectors
+    assert (expected_facing(AZ, target) == NO_FACING).sum() == 59
+    assert set(expected_facing(AZ, target).tolist()) == {NO_FACING, 0, 1}
+    # Janus: the mark shows from every side; its back-half views read the target's own name,
+    # which from there is wrong
+    janus = view_consistency(outputs("marked_cube", "green", facing=[0] * 120), AZ, target)
+    assert janus["shape_accuracy"] == pytest.approx(61 / 120) and janus["shape_agreement"] == pytest.approx(61 / 120)
+    assert janus["view_consistency"] < got["view_consistency"] - 0.5

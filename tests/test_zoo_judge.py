@@ -94,6 +94,18 @@ def test_left_of_views_are_labelled_as_the_camera_names_them():
     assert view_label_table([obj], None)["color"].tolist() == [[HEADS["color"].index("green")]]
 
 
+def test_a_marked_cube_is_labelled_a_plain_cube_from_behind():
+    obj = WorldObject.from_id("marked_cube-green")
+    az = np.array([0.0, 60.0, 120.0, 180.0])
+    lab = view_labels([obj] * 4, az)
+    assert [HEADS["shape"][i] for i in lab["shape"].tolist()] == ["marked_cube", "marked_cube", "cube", "cube"]
+    assert [HEADS["second_color"][i] for i in lab["second_color"].tolist()][2:] == ["none", "none"]
+    assert lab["facing"].tolist() == [0, 1, IGNORE, IGNORE]  # a plain cube has no front
+    table = view_label_table([obj], az)
+    for h in ("shape", "color", "second_color"):
+        assert table[h][:, 0].tolist() == lab[h].tolist()
+
+
 def test_clip_like_names_candidates_per_view():
     torch.manual_seed(0)
     judge = TinyJudge(SMALL).eval()

@@ -25,6 +25,7 @@ from anyto3d.zoo.priors import (
     load_tiny_prior,
     noise_augment_embedding,
 )
+from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.train_priors import (
     TrainConfig,
     _object_groups,
@@ -571,3 +572,11 @@ def test_judge_samples_counts_against_targets():
     assert grouped == {"shape": 1.0, "all": 1.0, "groups": 1.0}
     with pytest.raises(InputError):
         judge_samples(samples, {"facing": torch.zeros(4)}, classifier)
+    # an IGNORE label (a view whose named object has no front) is not scored: the facing
+    # accuracy is over the other three, and the ignored view is right on facing
+    ignored = judge_samples(
+        samples,
+        {"shape": torch.tensor([0, 1, 1, 1]), "facing": torch.tensor([0, IGNORE, 2, 1])},
+        lambda x: {"shape": torch.tensor([0, 1, 1, 1]), "facing": torch.tensor([0, 1, 2, 0])},
+    )
+    assert ignored["facing"] == pytest.approx(2 / 3) and ignored["all"] == 0.75

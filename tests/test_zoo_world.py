@@ -265,6 +265,20 @@ def test_left_of_seen_from_behind_is_its_mirror_seen_from_the_front():
     assert behind(91.0) and not behind(90.0) and behind(np.array([0.0, 135.0, -135.0])).tolist() == [False, True, True]
 
 
+def test_marked_cube_seen_from_behind_is_a_plain_cube():
+    obj, plain = WorldObject.from_id("marked_cube-green"), WorldObject.from_id("cube-green")
+    # any camera behind the marked face's plane: back half, high and low, near and far
+    cams = CameraBatch.from_spherical(
+        torch.tensor([0.0, 40.0, -40.0, 10.0]).deg2rad(), torch.tensor([180.0, 95.0, -120.0, 150.0]).deg2rad(),
+        torch.tensor([2.5, 1.5, 3.0, 1.5]), torch.tensor([40.0, 30.0, 60.0, 45.0]).deg2rad(),
+    )
+    assert torch.allclose(render_views(obj, cams, 32), render_views(plain, cams, 32), atol=1e-4)
+    assert not torch.allclose(render_views(obj, _cams([60.0]), 32), render_views(plain, _cams([60.0]), 32), atol=1e-2)
+    assert obj.seen_from_behind == plain and obj.seen_from(-120.0) == (plain, -120.0)
+    assert obj.seen_from(60.0) == (obj, 60.0) and obj.seen_from(90.0) == (obj, 90.0)
+    assert plain.seen_from_behind == plain and WorldObject.from_id("house-red").seen_from_behind.id == "house-red"
+
+
 def test_only_left_of_is_renamed_from_behind():
     for oid in ("cone-red.on.cube-blue", "sphere-red.in_front_of.cube-blue", "house-red", "cube-red"):
         obj = WorldObject.from_id(oid)

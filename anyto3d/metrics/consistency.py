@@ -62,34 +62,42 @@ def _azimuth_deg(azimuth_rad: torch.Tensor) -> np.ndarray:
     return np.round(azimuth_deg, 4)  # float32 radians put 45° at 45.000001°: sector edges are inclusive
 
 
+NO_FACING = -1  # expected facing of a view whose named object has no front (not scored)
+
+
 def expected_facing(azimuth_rad: torch.Tensor, target: WorldObject | None = None) -> torch.Tensor:
     """Facing index [V] (0 front, 1 side, 2 back) that cameras at ``azimuth_rad`` see of an object
     whose front faces azimuth 0, or of ``target`` as each camera names it
-    (:meth:`WorldObject.seen_from`: a "left of" composition is seen from the front half only)."""
+    (:meth:`WorldObject.seen_from`: a "left of" composition is seen from the front half only; a
+    marked cube from behind is a plain cube, :data:`NO_FACING`)."""
     azimuth_deg = _azimuth_deg(azimuth_rad)
-    if target is not None:
-        azimuth_deg = np.array([target.seen_from(a)[1] for a in azimuth_deg])
-    return torch.as_tensor(np.atleast_1d(facing_index(azimuth_deg))).long()
+    if target is None:
+        return torch.as_tensor(np.atleast_1d(facing_index(azimuth_deg))).long()
+    seen = [target.seen_from(a) for a in azimuth_deg]
+    return torch.tensor([facing_index(a) if named.has_front else NO_FACING for named, a in seen]).long()
 
 
-def _matched(predicted_facing: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
+def _scored(predicted_facing: torch.Tensor, expected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, expected) of the views whose facing is scored (those with a named front)."""
     predicted = predicted_facing.reshape(-1).long()
     if expected.numel() != predicted.numel():
         raise InputError(f"{predicted.numel()} facing predictions for {expected.numel()} azimuths")
-    return predicted
+    keep = expected != NO_FACING
+    if not bool(keep.any()):
+        raise InputError("no view of the orbit shows a front to score facing on")
+    return predicted[keep], expected[keep]
 
 
 def facing_accuracy(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor, target: WorldObject | None = None) -> float:
-    """Fraction of views whose predicted facing index equals :func:`expected_facing`."""
-    expected = expected_facing(azimuth_rad, target)
-    return float((_matched(predicted_facing, expected) == expected).double().mean())
+    """Fraction of the scored views whose predicted facing index equals :func:`expected_facing`."""
+    predicted, expected = _scored(predicted_facing, expected_facing(azimuth_rad, target))
+    return float((predicted == expected).double().mean())
 
 
 def facing_balanced(predicted_facing: torch.Tensor, azimuth_rad: torch.Tensor, target: WorldObject | None = None) -> float:
     """Mean over the facing sectors the orbit covers of the fraction of that sector's views whose
     predicted facing is right (balanced accuracy; :func:`facing_accuracy` per sector)."""
-    expected = expected_facing(azimuth_rad, target)
-    predicted = _matched(predicted_facing, expected)
+    predicted, expected = _scored(predicted_facing, expected_facing(azimuth_rad, target))
     recalls = [float((predicted[expected == k] == k).double().mean()) for k in expected.unique().tolist()]
     return sum(recalls) / len(recalls)
 
@@ -102,13 +110,24 @@ def subject_readings(
     The judge names views view-relatively (:meth:`WorldObject.seen_from`): from behind "A left
     of B" it reports B as the subject and A as the reference part. For such a target those views'
     subject is read from the reference-part heads (``part_shape``, ``second_color``), so a right
-    asset reads the same subject all round. Any other target (or none): the subject heads. A
-    reference-part reading of "none" becomes an index past the last class (never a match).
+    asset reads the same subject all round. A reference-part reading of "none" becomes an index
+    past the last class (never a match).
+
+    A view whose name is another single object (a marked cube from behind is a plain cube): a
+    reading of that name is the target's, and a reading of the target's own name is a Janus
+    view (the mark shows from behind), an index past the last class. Any other target (or
+    none): the subject heads as they read.
     """
     n = torch.as_tensor(azimuth_rad).numel()
     shape = _predictions(judge_outputs, "shape", n)
     color = _predictions(judge_outputs, "color", n)
-    if target is None or target.mirrored == target:
+    if target is None:
+        return shape, color
+    if target.mirrored == target:
+        named = torch.tensor([SHAPES.index(target.seen_from(a)[0].shape) for a in _azimuth_deg(azimuth_rad)])
+        own = SHAPES.index(target.shape)
+        renamed = named != own
+        shape = torch.where(renamed & (shape == named), own, torch.where(renamed & (shape == own), len(SHAPES), shape))
         return shape, color
     back = torch.as_tensor(behind(_azimuth_deg(azimuth_rad)))
     # the part heads' classes are ("none", *SHAPES) / ("none", *COLOR_NAMES)
@@ -150,6 +169,7 @@ def view_consistency(
 
 
 __all__ = [
+    "NO_FACING",
     "expected_facing",
     "facing_accuracy",
     "facing_balanced",

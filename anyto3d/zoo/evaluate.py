@@ -325,6 +325,11 @@ def _labels(objects: list[WorldObject]) -> dict[str, torch.Tensor]:
     return {h: torch.tensor([r[h] for r in rows]) for h in ("shape", "color")}
 
 
+def _facing_name(index) -> str:
+    """A facing label's name; "none" for a view whose named object has no front."""
+    return FACINGS[int(index)] if int(index) >= 0 else "none"
+
+
 def _seen_labels(objects: list[WorldObject], azimuth_deg) -> dict[str, torch.Tensor]:
     """Shape, colour and facing [M] of M views, each object named as its camera names it
     (:func:`~anyto3d.zoo.judge.view_labels`: a "left of" composition seen from behind is its
@@ -437,7 +442,7 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     scores.update(score=scores["all"], n=len(objects))
     meta = [
         {"object": o.id, "reference_azimuth_deg": round(float(a), 1), "asked_delta_azimuth_deg": [float(x) for x in d],
-         "expected_facing": [FACINGS[int(f)] for f in expected[i]]}
+         "expected_facing": [_facing_name(f) for f in expected[i]]}
         for i, (o, a, d) in enumerate(zip(refs, ref_az, asked))
     ]  # fmt: skip
     return scores, (renderer_to_prior(rgb), samples), meta
@@ -496,7 +501,7 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     az = np.degrees(data.azimuth[rows]).reshape(-1, N)
     meta = [
         {"object": o.id, "caption": c, "azimuth_deg": [round(float(a), 1) for a in az[i]],
-         "expected_facing": [FACINGS[int(f)] for f in facing[i]] if o.has_front else None}
+         "expected_facing": [_facing_name(f) for f in facing[i]] if o.has_front else None}
         for i, (o, c) in enumerate(zip(picked, captions))
     ]  # fmt: skip
     return scores, samples, meta

@@ -16,11 +16,14 @@ Heads (class lists in :data:`HEADS`; "none" where an object lacks the attribute)
   reference part's colour; ``part_shape`` (none + 13): the reference part's shape.
 
 Labels are the object **as each view's camera names it** (:func:`view_labels`,
-:meth:`WorldObject.seen_from`). That differs from the object's own name for one case: "A left
-of B" seen from behind is the same picture as "B left of A" seen from the front half, so those
-views are labelled "B left of A", facing from the front half. With the object's own name the
-two pictures carried contradictory labels and the judge learnt neither (subject colour 0.38 on
-held-out "left of" views, session 5). Every scoring path names its targets the same way.
+:meth:`WorldObject.seen_from`). That differs from the object's own name in two cases, both
+pictures that are pixel for pixel another object's: "A left of B" seen from behind is "B left
+of A" seen from the front half, so those views are labelled "B left of A", facing from the front
+half; a marked cube seen from behind is a plain cube (no facing). With the object's own name the
+pictures carried contradictory labels: the judge learnt neither "left of" subject (colour 0.38
+on held-out views, session 5), and marked cube ↔ cube and a marked cube's back ↔ side were its
+largest confusions on its own whole-object training views (session 8). Every scoring path names
+its targets the same way.
 
 CLIP-R-style retrieval (``clip_like``)
 --------------------------------------
@@ -108,11 +111,11 @@ def view_label_table(candidates: list[WorldObject], azimuth_deg) -> dict[str, to
     plain = [object_labels(o) for o in candidates]
     if azimuth_deg is None:
         return {h: torch.tensor([[lab[h] for lab in plain]]) for h in PROMPT_HEADS}
-    mirrored = [object_labels(o.mirrored) for o in candidates]
+    from_behind = [object_labels(o.seen_from_behind) for o in candidates]
     back = torch.as_tensor(np.asarray(behind(np.asarray(azimuth_deg, dtype=np.float64).reshape(-1))))
     table = {}
     for h in PROMPT_HEADS:
-        both = torch.tensor([[lab[h] for lab in plain], [lab[h] for lab in mirrored]])  # [2, K]
+        both = torch.tensor([[lab[h] for lab in plain], [lab[h] for lab in from_behind]])  # [2, K]
         table[h] = both[back.long()]
     return table
 

@@ -66,6 +66,7 @@ from anyto3d.errors import InputError
 from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
 from anyto3d.losses.diffusion import diffusion_loss, drop_condition
 from anyto3d.priors.base import Condition, Prior
+from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.priors import (
     PRIOR_CLASSES,
     WorldCodeEmbedding,
@@ -596,7 +597,8 @@ def judge_samples(
     ``samples``: images ``[M, 3, H, W]`` or clips ``[B, 3, F, H, W]`` in [-1, 1] (clips are judged
     frame by frame, a clip being a group). ``classifier(images [M, H, W, 3] in [0, 1])`` returns
     ``{attribute: logits [M, K] or labels [M]}`` (e.g. shape, colour, facing). ``targets`` has the
-    same keys, one label per image (``[M]``) or one per group (``[M / group_size]``).
+    same keys, one label per image (``[M]``) or one per group (``[M / group_size]``); a label of
+    ``IGNORE`` is not scored (its image counts as right on that attribute).
     ``group_size``: views per multi-view object (frames per clip are implied). Returns the accuracy
     per attribute, ``"all"`` (images right on every attribute) and ``"groups"`` (groups whose every
     image is right on every attribute: the consistency a multi-view or video sample needs).
@@ -625,8 +627,9 @@ def judge_samples(
             target = target.repeat_interleave(group_size)
         if target.numel() != M:
             raise InputError(f"{target.numel()} {key} targets for {M} images")
-        ok = pred.cpu().long() == target
-        scores[key] = float(ok.float().mean())
+        scored = target != IGNORE  # e.g. the facing of a view whose named object has no front
+        ok = (pred.cpu().long() == target) | ~scored
+        scores[key] = float(ok[scored].float().mean()) if bool(scored.any()) else 1.0
         right &= ok
     scores["all"] = float(right.float().mean())
     scores["groups"] = float(right.view(-1, group_size).all(dim=1).float().mean())

@@ -38,8 +38,8 @@ sees from its azimuth relative to the front: |Δaz| ≤ 45° front, ≥ 135° ba
 (DreamFusion's view-dependent prompt sectors). A Janus result shows its "front" from the back.
 
 A camera behind "A left of B" sees B on its left: the same picture as "B left of A" from the
-front half. :meth:`WorldObject.seen_from` names each view that way (view-relative "left of"),
-and the judge is trained and scored on those names.
+front half; a camera behind a marked cube sees a plain cube. :meth:`WorldObject.seen_from` names
+each view that way (view-relative names), and the judge is trained and scored on those names.
 
 Object ids are deterministic strings: ``cube-red``, ``torus-tilted-blue``,
 ``cone-red.on.cube-blue``, and ``house-blue+red`` for a two-colour object with a second colour
@@ -284,18 +284,32 @@ class WorldObject:
             return self
         return WorldObject((self.items[1], self.items[0]), self.relation)
 
+    @property
+    def seen_from_behind(self) -> WorldObject:
+        """The object every camera in the back half (:func:`behind`) sees, in this world's names:
+        :attr:`mirrored` for "A left of B"; a plain cube of the main colour for a marked cube,
+        whose mark is its front face and is hidden from every camera behind that face's plane
+        (pixel for pixel a plain cube, tested); itself for every other object."""
+        if self.relation is None and self.shape == "marked_cube":
+            return WorldObject.single("cube", self.color)
+        return self.mirrored
+
     def seen_from(self, azimuth_deg: float) -> tuple[WorldObject, float]:
         """(the object as a camera at world azimuth ``azimuth_deg`` names it, that camera's
         azimuth relative to the named object's front).
 
-        Names are view-relative for "left of" only. "A left of B" seen from behind
-        (:func:`behind`) is the same picture as "B left of A" seen from the front half, so no
-        image classifier can tell the two apart; the name returned is the one whose subject is
-        on the image's left. "On" and "in front of" look different from behind (the front part
-        is smaller), so they keep their names, as do single objects.
+        Names are view-relative where the picture from behind (:func:`behind`) is another
+        object's (:attr:`seen_from_behind`). "A left of B" from behind is the same picture as
+        "B left of A" from the front half, so the name returned is the one whose subject is on
+        the image's left (azimuth turned by 180°). A marked cube from behind is a plain cube, which
+        has no front. "On" and "in front of" look different from behind (the front part is
+        smaller), so they keep their names, as do the other single objects. A marked cube's mark
+        also hides from a close camera just in front of side-on (|Δaz| ≳ 73° at distance 1.5);
+        those views keep its name: the rule is by azimuth alone.
         """
-        if behind(azimuth_deg) and self.mirrored != self:
-            return self.mirrored, float(azimuth_deg) + 180.0
+        named = self.seen_from_behind
+        if behind(azimuth_deg) and named != self:
+            return named, float(azimuth_deg) + (180.0 if named == self.mirrored else 0.0)
         return self, float(azimuth_deg)
 
     # --- geometry -----------------------------------------------------------------------------
