@@ -22,6 +22,7 @@ from anyto3d.zoo.dataset import (
     render_object_views,
     render_views,
     sample_view_cameras,
+    whole_in_frame,
 )
 from anyto3d.zoo.world import WorldObject, composition_objects
 
@@ -209,3 +210,19 @@ def test_rendering_twice_gives_identical_files(tmp_path):
     assert (tmp_path / "a" / "index.json").read_bytes() == (tmp_path / "b" / "index.json").read_bytes()
     assert a["shards"] == b["shards"] and "images_per_s" in a
     assert json.loads((tmp_path / "a" / "timing.json").read_text())["elapsed_s"] > 0
+
+
+def test_whole_in_frame_keeps_views_that_show_the_whole_object(written):
+    alpha = np.zeros((3, 8, 8), np.uint8)
+    alpha[0, 2:6, 2:6] = 255  # inside
+    alpha[1, 2:6, 5:8] = 255  # crosses the right edge
+    alpha[2, 0, 3] = 100  # a faint border pixel (antialiasing) does not count
+    assert whole_in_frame(alpha).tolist() == [True, False, True]
+    assert whole_in_frame(alpha.astype(np.float32) / 255).tolist() == [True, False, True]
+    house = WorldObject.single("house", "blue")
+    far, close = (CameraBatch.from_spherical(torch.tensor([0.3]), torch.tensor([0.5]), torch.tensor([d]),
+                                             torch.tensor([math.radians(f)])) for d, f in ((2.5, 40.0), (1.5, 30.0)))
+    assert whole_in_frame(render_views(house, far, 32)[..., 3].numpy()).tolist() == [True]
+    assert whole_in_frame(render_views(house, close, 32)[..., 3].numpy()).tolist() == [False]
+    data = load_dataset(written[0])
+    assert data.framed.dtype == bool and data.framed.tolist() == whole_in_frame(data.rgba[..., 3]).tolist()

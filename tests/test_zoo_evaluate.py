@@ -247,3 +247,15 @@ def test_true_novel_views_turn_the_reference_camera(tmp_path):
 def test_evaluate_zoo_needs_a_heldout_split(tmp_path):
     with pytest.raises(InputError, match="held-out"):
         evaluate_zoo(tmp_path, tmp_path / "zoo.json")
+
+
+def test_requests_come_from_views_that_show_the_whole_object():
+    from types import SimpleNamespace
+
+    from anyto3d.zoo.evaluate import _frontal_view
+
+    # object 0: its most frontal view (row 1, 5°) crosses the frame, so row 2 (40°) is asked;
+    # object 1: no view shows it whole, so its most frontal view is asked all the same
+    data = SimpleNamespace(object_index=np.array([0, 0, 0, 1, 1]), azimuth=np.radians([170.0, 5.0, 40.0, -20.0, 90.0]),
+                           framed=np.array([True, False, True, False, False]))
+    assert _frontal_view(data, 0) == 2 and _frontal_view(data, 1) == 3

@@ -163,6 +163,14 @@ def test_tiny_training_learns_shape_colour_and_front_versus_back(trained, data):
     # the house is the one two-colour object (16 eval views); there is no composition
     assert metrics["two_colour"]["n_views"] == 16 and "compositions" not in metrics
     assert 0.0 <= metrics["two_colour"]["second_color"] <= 1.0
+    # the same figures over the views that show the whole object, by hand
+    views = load_views(data / "eval", "all")
+    framed = views.framed
+    assert metrics["framed"]["n_views"] == int(framed.sum()) > 0
+    assert metrics["framed"]["fraction"] == pytest.approx(framed.mean(), abs=1e-4)
+    shape = judge.classify(views.rgb[framed])["shape"].argmax(-1)
+    truth = view_labels(views.view_objects(), views.azimuth_deg)["shape"][framed]
+    assert metrics["framed"]["shape"] == pytest.approx(float((shape == truth).float().mean()))
     # Front versus back of the asymmetric objects (house, arrow), on views never trained on.
     views = load_views(data / "eval", "all")
     asym = np.array([views.objects[i].has_front for i in views.object_index])

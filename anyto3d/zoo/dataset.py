@@ -368,6 +368,20 @@ def _config_dict(cfg: DatasetConfig) -> dict:
     return d
 
 
+def whole_in_frame(alpha: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """bool [N]: no border pixel of the alpha mattes ``alpha`` [N, H, W] (uint8 or [0, 1] float)
+    is covered (alpha above ``threshold``), so the view shows the whole object.
+
+    The papers' camera distributions zoom in by design (XBind's Phase II: distance 1.5–2.0,
+    fovy 30–45°; 4D-fy's fovy down to 15°). In 40 % of the tiny world's held-out views the
+    object crosses the frame; a close-up of a flat red wall names no shape, so the judge's and
+    the priors' figures are also reported on the views this keeps (session 8)."""
+    a = np.asarray(alpha)
+    level = threshold * 255.0 if a.dtype == np.uint8 else threshold
+    border = np.concatenate([a[:, 0, :], a[:, -1, :], a[:, :, 0], a[:, :, -1]], axis=1)
+    return ~(border > level).any(axis=1)
+
+
 @dataclass
 class RenderedDataset:
     """A loaded dataset: the per-view arrays (module docstring) concatenated over shards."""
@@ -390,6 +404,11 @@ class RenderedDataset:
     def images(self) -> torch.Tensor:
         """float RGBA [N, H, W, 4] in [0, 1]."""
         return torch.from_numpy(self.rgba).float() / 255.0
+
+    @property
+    def framed(self) -> np.ndarray:
+        """bool [N]: the view shows the whole object (:func:`whole_in_frame`)."""
+        return whole_in_frame(self.rgba[..., 3])
 
     def cameras(self) -> CameraBatch:
         a = self.arrays
@@ -587,4 +606,5 @@ __all__ = [
     "render_views",
     "sample_view_cameras",
     "save_npz",
+    "whole_in_frame",
 ]

@@ -32,7 +32,13 @@
     view): the single objects apart from the two-part compositions.
   - Novel and multi-view targets are named as each view's camera names them
     (:meth:`~anyto3d.zoo.world.WorldObject.seen_from`): "A left of B" asked from behind is right
-    when the sample shows B on the left, A on the right — read as "B left of A" from the front.
+    when the sample shows B on the left, A on the right — read as "B left of A" from the front;
+    a marked cube asked from behind is right as a plain cube (its facing is not scored).
+  - Requests are made from views that show the whole object (``framed``,
+    :func:`~anyto3d.zoo.dataset.whole_in_frame`) wherever an object has one: the reference and
+    truth views, and multi-view groups whose four views all do. The papers' cameras zoom in, and
+    a close-up that crosses the frame names no shape (session 8; until then the requests came
+    from any view, and a third of the truth views were such close-ups).
 
 * **motion classifier** (:func:`classify_motion`, hand-written, no training): validated on
   ground-truth clips rendered by :func:`anyto3d.zoo.dataset.render_clips` (held-out objects,
@@ -373,8 +379,16 @@ def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict,
     return scores, samples, [{"object": o.id, "caption": c} for o, c in zip(objects, captions)]
 
 
+def _framed_first(rows: np.ndarray, framed: np.ndarray) -> np.ndarray:
+    """``rows`` that show the whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`), or all
+    of them when none does: a request is made from a view that can be judged."""
+    keep = rows[framed[rows]]
+    return keep if len(keep) else rows
+
+
 def _frontal_view(data, obj_index: int) -> int:
-    rows = np.nonzero(data.object_index == obj_index)[0]
+    """The object's held-out view nearest its front among those that show it whole."""
+    rows = _framed_first(np.nonzero(data.object_index == obj_index)[0], data.framed)
     rel = np.abs(np.mod(np.degrees(data.azimuth[rows]) + 180.0, 360.0) - 180.0)
     return int(rows[np.argmin(rel)])
 
@@ -461,13 +475,15 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     fronted, plain = [o for o in objects if o.has_front], [o for o in objects if not o.has_front]
     order = [o for pair in zip(fronted, plain) for o in pair] + fronted[len(plain) :] + plain[len(fronted) :]
     picked = _cycle(order, cfg.multiview_groups)
-    rows = []
+    rows, framed = [], data.framed
     for k, obj in enumerate(picked):  # a repeated object takes its next group of N views
         views = np.nonzero(data.object_index == index_of[obj.id])[0]
         if len(views) < N:
             raise InputError(f"{obj.id} has {len(views)} held-out views, fewer than num_views={N}")
-        j = (k // len(order)) % (len(views) // N)
-        rows.extend(views[j * N : (j + 1) * N].tolist())
+        groups = views[: len(views) // N * N].reshape(-1, N)
+        whole = groups[framed[groups].all(axis=1)]  # groups whose every view shows the object
+        groups = whole if len(whole) else groups
+        rows.extend(groups[(k // len(order)) % len(groups)].tolist())
     rows = np.asarray(rows)
     captions = [canonical_caption(o) for o in picked]
     cond = prior.build_condition(binder.embed_texts(captions), torch.from_numpy(data.c2w[rows]))

@@ -79,6 +79,7 @@ class Views:
     facing: np.ndarray
     objects: list[WorldObject]
     azimuth_deg: np.ndarray  # camera azimuth per view (the front faces 0)
+    framed: np.ndarray | None = None  # bool per view: the whole object is in the frame
 
     def __len__(self) -> int:
         return self.rgb.shape[0]
@@ -101,7 +102,8 @@ def load_views(dataset_dir, split: str = "train") -> Views:
     sel = renumber[data.arrays["object_index"]] >= 0
     rgb = torch.from_numpy(data.rgba[sel][..., :3]).float() / 255.0
     return Views(rgb, renumber[data.arrays["object_index"][sel]], data.arrays["facing"][sel].astype(np.int64),
-                 [data.objects[i] for i in keep_obj], np.degrees(data.arrays["azimuth"][sel].astype(np.float64)))  # fmt: skip
+                 [data.objects[i] for i in keep_obj], np.degrees(data.arrays["azimuth"][sel].astype(np.float64)),
+                 data.framed[sel])  # fmt: skip
 
 
 def concat_views(parts: list[Views]) -> Views:
@@ -113,6 +115,7 @@ def concat_views(parts: list[Views]) -> Views:
         np.concatenate([v.facing for v in parts]),
         [obj for v in parts for obj in v.objects],
         np.concatenate([v.azimuth_deg for v in parts]),
+        None if any(v.framed is None for v in parts) else np.concatenate([v.framed for v in parts]),
     )
 
 
@@ -530,25 +533,35 @@ def train_judge(
     return log
 
 
+def _judge_figures(probs, labels, single: torch.Tensor, rows: torch.Tensor) -> dict:
+    """Shape, colour and orientation accuracy over the single objects' views among ``rows``;
+    facing over their views of objects with a front (``facing_single``: single objects only)."""
+    has_front = (labels["facing"] != IGNORE) & rows
+    out = {h: accuracy({h: probs[h][single & rows]}, {h: labels[h][single & rows]}).get(h)
+           for h in ("shape", "color", "orientation")}  # fmt: skip
+    for name, keep in (("facing", has_front), ("facing_single", has_front & single)):
+        out[name] = accuracy({"facing": probs["facing"][keep]}, {"facing": labels["facing"][keep]}).get("facing")
+    return out
+
+
 @torch.no_grad()
 def evaluate_judge(judge: TinyJudge, dataset_dir, split: str = "heldout") -> dict:
     """Accuracy per head on ``split``: ``shape``/``color``/``orientation`` over single objects,
     ``facing`` over views of objects with a front (``facing_single``: single objects only),
     ``relation`` over compositions, ``compositions`` (subject and reference part) and
     ``two_colour`` (main and second colour) apart, ``clip_r``: the judge's CLIP-R among the
-    split's objects."""
+    split's objects; ``framed``: shape, colour, orientation and facing again over the views that
+    show the whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`)."""
     views = load_views(dataset_dir, split)
     objs = views.view_objects()
     labels = view_labels(objs, views.azimuth_deg)
     probs = judge.classify(views.rgb)
     single = torch.tensor([o.relation is None for o in objs])
-    has_front = labels["facing"] != -100
-    out: dict = {}
-    for h in ("shape", "color", "orientation"):
-        out[h] = accuracy({h: probs[h][single]}, {h: labels[h][single]}).get(h)
-    out["facing"] = accuracy({"facing": probs["facing"]}, {"facing": labels["facing"]}).get("facing")
-    keep = single & has_front
-    out["facing_single"] = accuracy({"facing": probs["facing"][keep]}, {"facing": labels["facing"][keep]}).get("facing")
+    out = _judge_figures(probs, labels, single, torch.ones_like(single))
+    if views.framed is not None:  # the views that show the whole object (dataset.whole_in_frame)
+        framed = torch.as_tensor(views.framed)
+        out["framed"] = {**_judge_figures(probs, labels, single, framed), "n_views": int(framed.sum()),
+                         "fraction": round(float(framed.float().mean()), 4)}  # fmt: skip
     comp = ~single
     out["relation"] = accuracy({"relation": probs["relation"][comp]}, {"relation": labels["relation"][comp]}).get("relation")
     # which part names the object: a composition's subject and a two-colour object's main colour
