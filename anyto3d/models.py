@@ -154,7 +154,7 @@ def tiny_models_root(model_cfg: Mapping) -> Path:
     """The zoo root ``model.models_dir`` (else ``$ANYTO3D_TINY_MODELS``, else the packaged models)."""
     from anyto3d.zoo.build import model_dir
 
-    return model_dir("binder", (model_cfg or {}).get("models_dir")).parent
+    return model_dir("", (model_cfg or {}).get("models_dir"))
 
 
 def _load_tiny(role: str, model_cfg: Mapping, device: str):

@@ -44,8 +44,11 @@ class Step:
     step's output would change for reasons the code hash cannot see. ``config_keys`` are dotted
     paths (``"seed"``, ``"model.nerf"``) into the resolved config; ``inputs`` are the names of
     required input files/directories, ``optional_inputs`` the ones that may be absent.
-    ``scores``: the step loads the evaluation-only tiny models (the judge); the store keys of the
-    other steps leave those out, so a retrained judge re-scores results without re-optimising.
+    ``roles``: ``roles(cfg)`` names the model roles (:data:`anyto3d.models.ROLES`) the step loads
+    under a resolved config, and only those tiny models' weights enter its store key, so a
+    retrained prior re-runs the steps that load it and no others (the step body loads exactly
+    what it declares: it calls the same function). ``None``, for a step that does not say: every
+    tiny model but the evaluation-only judge.
     """
 
     name: str
@@ -55,7 +58,7 @@ class Step:
     inputs: tuple[str, ...] = ()
     optional_inputs: tuple[str, ...] = ()
     code_modules: tuple[str, ...] = ()
-    scores: bool = False
+    roles: Callable[[Mapping], Iterable[str]] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -85,7 +88,7 @@ def step(
     inputs: Iterable[str] = (),
     optional_inputs: Iterable[str] = (),
     code_modules: Iterable[str] = (),
-    scores: bool = False,
+    roles: Callable[[Mapping], Iterable[str]] | None = None,
 ) -> Callable[[RunFn], Step]:
     """Decorator: turn ``def run(inputs, cfg, out_dir, device, work_dir) -> metrics`` into a :class:`Step`."""
 
@@ -98,7 +101,7 @@ def step(
             inputs=tuple(inputs),
             optional_inputs=tuple(optional_inputs),
             code_modules=tuple(code_modules),
-            scores=scores,
+            roles=roles,
         )
 
     return wrap

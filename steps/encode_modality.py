@@ -55,8 +55,11 @@ def load_parts(prompt: dict, files: dict[str, Path]) -> list[tuple[str, object, 
     return out
 
 
+ROLES = frozenset({"encoder"})  # the model roles this step loads (its store key holds their weights)
+
+
 @step("encode_modality", 1, config_keys=("model", "seed"), inputs=("prompt",), optional_inputs=("image", "audio"),
-      code_modules=("anyto3d.models",))
+      code_modules=("anyto3d.models",), roles=lambda cfg: ROLES)
 def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
     from safetensors.torch import save_file
 
@@ -69,7 +72,7 @@ def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir
     files = {m: Path(inputs[m]) for m in COPIED if inputs.get(m) is not None}
     parts = load_parts(prompt, files)  # every input validated before anything is written
 
-    encoder = load_models(cfg["model"], {"encoder"}, device).encoder
+    encoder = load_models(cfg["model"], ROLES, device).encoder
     embedding = embed_combined(encoder, [(m, loaded, w) for m, loaded, w, _ in parts]).reshape(-1)
     embedding = torch.nn.functional.normalize(embedding.float().cpu(), dim=0).contiguous()
 

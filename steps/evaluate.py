@@ -50,6 +50,9 @@ from anyto3d.errors import InputError
 from steps.contract import step
 
 DEFAULT_FOVY_DEG = 40.0  # orbit_cameras' default, used when views.npz carries no fovy
+# The tiny models scoring loads (the judge; the binder for CLIP-I and ARCC): its store key holds
+# their weights, so a retrained judge re-scores without re-running any optimisation.
+TINY_SCORING_ROLES = frozenset({"judge", "encoder"})
 
 
 @dataclass
@@ -339,7 +342,7 @@ def evaluate_views(inputs: dict[str, Path], cfg: dict, device: str = "cpu") -> d
     inputs=("views", "encoded"),
     optional_inputs=("suite", "ground_truth"),
     code_modules=("anyto3d.metrics", "anyto3d.zoo.judge"),
-    scores=True,
+    roles=lambda cfg: TINY_SCORING_ROLES,
 )
 def evaluate(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
     """Score the asset and write ``metrics.json`` (module docstring)."""

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from steps.contract import step
-from steps.phase_common import run_phase_step
+from steps.phase_common import phase_roles, run_phase_step
 
 CODE = ("steps.phase_common", "anyto3d.models", "anyto3d.state_io")
 
 
 @step("nerf_coarse", 1, config_keys=("model", "method", "seed"), inputs=("encoded", "reference"), optional_inputs=("previous",),
-      code_modules=CODE)
+      code_modules=CODE, roles=phase_roles("nerf"))
 def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
     return run_phase_step("nerf_coarse", "nerf", inputs, cfg, out_dir, device, work_dir)
 

@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -195,6 +196,17 @@ def phases_of(method: MethodConfig, representation: str) -> list[PhaseConfig]:
     return [p for p in method.active_phases if p.representation == representation]
 
 
+def phase_roles(representation: str):
+    """``roles(cfg)``: the model roles the method's phases of ``representation`` load under a
+    config (:func:`~anyto3d.models.needs_for`) — what a phase step loads and its store key holds."""
+
+    def roles(cfg: Mapping) -> set[str]:
+        method = method_from_config(cfg)
+        return needs_for(MethodConfig(method.name, phases_of(method, representation), method.description), scale_of(cfg))
+
+    return roles
+
+
 def run_phase_step(step_name: str, representation: str, inputs: dict[str, Path], cfg: dict, out_dir: Path,
                    device: str, work_dir: Path) -> dict:
     """Run the method's phases of ``representation`` (module docstring); returns the step's metrics."""
@@ -204,12 +216,10 @@ def run_phase_step(step_name: str, representation: str, inputs: dict[str, Path],
         raise InputError(f"method {method.name!r} has no enabled {representation} phase; "
                          f"steps.pipeline.stages_for({method.name!r}) does not list {step_name}")
     seed = int(cfg.get("seed", 0))
-    scale = scale_of(cfg)
     embedding = read_embedding(inputs["encoded"])
     reference = read_reference(inputs["reference"])
     text = prompt_text(read_prompt(inputs["encoded"]))
-    sub = MethodConfig(method.name, phases, method.description)
-    models = load_models(cfg["model"], needs_for(sub, scale), device)
+    models = load_models(cfg["model"], phase_roles(representation)(cfg), device)
     previous = load_state(Path(inputs["previous"]) / STATE_DIR, device) if inputs.get("previous") else None
 
     state = initial_state(representation, phases[0], previous, cfg, device)

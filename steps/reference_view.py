@@ -29,8 +29,11 @@ from steps.phase_common import (
 )
 
 
+ROLES = frozenset({"prior2d"})  # loaded for a prompt without an image (store key: declared always)
+
+
 @step("reference_view", 1, config_keys=("model", "seed"), inputs=("encoded",),
-      code_modules=("anyto3d.models", "steps.phase_common"))
+      code_modules=("anyto3d.models", "steps.phase_common"), roles=lambda cfg: ROLES)
 def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
     from PIL import Image
 
@@ -41,7 +44,7 @@ def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir
     if image_part is not None:
         view = reference_view_from_image(load_image(encoded / image_part["file"]), ref_cfg)
     else:
-        prior = load_models(cfg["model"], {"prior2d"}, device).prior2d
+        prior = load_models(cfg["model"], ROLES, device).prior2d
         embedding = read_embedding(encoded).reshape(1, -1).to(device)
         view = reference_view_from_prior(prior, prior2d_condition(prior, embedding), ref_cfg)
     rgba = torch.cat([view.rgb, view.mask], dim=-1)

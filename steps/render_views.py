@@ -64,7 +64,7 @@ def textured_mesh(state: OptimState, texture_size: int, extract_resolution: int,
 
 
 @step("render_views", 1, config_keys=("model", "render"), inputs=("state",),
-      code_modules=("anyto3d.state_io", "steps.phase_common"))
+      code_modules=("anyto3d.state_io", "steps.phase_common"), roles=lambda cfg: frozenset())  # loads no model
 def run(inputs: dict[str, Path], cfg: dict, out_dir: Path, device: str, work_dir: Path) -> dict:
     from PIL import Image
 

@@ -27,7 +27,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,20 +107,30 @@ def _files_digest(root: Path, rels: list[str]) -> str:
 _MODELS_DIGESTS: dict[tuple, str] = {}
 
 
-def models_digest(model_cfg: Mapping | None, scores: bool = True) -> str | None:
+def models_digest(model_cfg: Mapping | None, roles: Iterable[str] | None = None) -> str | None:
     """The content digest of the tiny models a step loads (``model.name == "tiny"``), so that
     retrained weights — same code, same config — never hit a result built with the old ones.
-    ``scores=False`` leaves out the evaluation-only models (the judge), which such a step never
-    loads. Memoised on the files' (path, size, mtime). ``None`` for paper weights: they live
-    outside the project (``weights_dir`` or the HF cache), pinned by their repo ids in the config."""
+    ``roles`` (:data:`anyto3d.models.ROLES`): the digest covers those roles' model directories
+    only; ``None``: every tiny model but the evaluation-only judge. Memoised on the files' (path,
+    size, mtime). ``None`` for paper weights (they live outside the project: ``weights_dir`` or
+    the HF cache, pinned by their repo ids in the config) and for a step that loads no model."""
     if not model_cfg or model_cfg.get("name", "tiny") != "tiny":
         return None
-    from anyto3d.models import EVALUATION_ONLY_TINY, tiny_models_root
+    from anyto3d.models import EVALUATION_ONLY_TINY, ROLES, TINY_DIRS, tiny_models_root
 
     root = tiny_models_root(model_cfg).resolve()
     if not root.is_dir():
         return None  # the step's own loading reports the missing models
-    rels = [rel for rel in _dir_files(root) if scores or rel.split("/", 1)[0] not in EVALUATION_ONLY_TINY]
+    if roles is None:
+        wanted = {rel.split("/", 1)[0] for rel in _dir_files(root)} - set(EVALUATION_ONLY_TINY)
+    else:
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown:
+            raise InputError(f"unknown model role(s) {unknown}; roles: {list(ROLES)}")
+        wanted = {TINY_DIRS[r] for r in roles if r in TINY_DIRS}  # "lora" has no tiny model
+    if not wanted:
+        return None
+    rels = [rel for rel in _dir_files(root) if rel.split("/", 1)[0] in wanted]
     stats = [(rel, (root / rel).stat()) for rel in rels]
     stamp = (str(root), *((rel, st.st_size, st.st_mtime_ns) for rel, st in stats))
     if stamp not in _MODELS_DIGESTS:
@@ -278,7 +288,8 @@ class Store:
             "config": subset,
             "inputs": digests,
         }
-        if "model" in step.config_keys and (models := models_digest(cfg.get("model"), step.scores)) is not None:
+        roles = None if step.roles is None else set(step.roles(cfg))
+        if "model" in step.config_keys and (models := models_digest(cfg.get("model"), roles)) is not None:
             parts["models"] = models  # the weights are inputs too
         blob = canonical_json(parts)
         return hashlib.sha256(blob.encode()).hexdigest(), paths, subset, digests, code

@@ -37,3 +37,21 @@ def test_zoo(tmp_path_factory):
     from anyto3d.zoo.fixtures import build_test_zoo
 
     return build_test_zoo(tmp_path_factory.mktemp("test-zoo"))
+
+
+@pytest.fixture
+def model_loads(monkeypatch):
+    """The tiny model directories looked up (``anyto3d.zoo.build.model_dir``, which every tiny
+    load goes through), in order: a step's declared ``roles`` are checked against it."""
+    from anyto3d.zoo import build
+
+    loads: list[str] = []
+    real = build.model_dir
+
+    def recording(name, root=None):
+        if name:  # "" is the zoo's root (models.tiny_models_root), not a model
+            loads.append(name)
+        return real(name, root)
+
+    monkeypatch.setattr(build, "model_dir", recording)
+    return loads

@@ -12,6 +12,7 @@ from anyto3d.cameras import orbit_cameras
 from anyto3d.errors import InputError
 from anyto3d.export.mesh_export import export_mesh
 from anyto3d.images import to_uint8
+from anyto3d.models import TINY_DIRS
 from anyto3d.render.mesh_renderer import MeshRenderer
 from anyto3d.zoo.audio import SAMPLE_RATE, synthesize
 from anyto3d.zoo.captions import canonical_caption
@@ -73,9 +74,10 @@ def run(world, tmp_path, **inputs):
     return metrics
 
 
-def test_full_prompt_with_suite_and_ground_truth(world, tmp_path):
+def test_full_prompt_with_suite_and_ground_truth(world, tmp_path, model_loads):
     m = run(world, tmp_path, views=world["views"], encoded=world["encoded"], suite=world["suite"],
             ground_truth=world["truth"])
+    assert set(model_loads) == {TINY_DIRS[r] for r in STEP.roles(world["cfg"])} == {"judge", "binder"}
     assert m["n_views"] == 120 and m["clip_r_candidates"] == 3 and m["target"] == "house-red"
     assert 0.0 <= m["clip_r"] <= 1.0 and m["clip_r"] * 120 == pytest.approx(round(m["clip_r"] * 120))
     assert -1.0 <= m["clip_i"] <= 1.0 and -1.0 <= m["arcc"] <= 1.0

@@ -14,6 +14,7 @@ import yaml
 from anyto3d.errors import InputError
 from anyto3d.methods import method_from_config
 from anyto3d.modality import TextPrompt, load_image
+from anyto3d.models import TINY_DIRS
 from anyto3d.state_io import load_state
 from steps import (
     encode_modality,
@@ -74,11 +75,15 @@ def red_square(path: Path, size: int = 32) -> Path:
     return path
 
 
-def run_chain(store: Store, cfg: dict, prompt: Path) -> dict:
-    out, ran = {}, {}
+def run_chain(store: Store, cfg: dict, prompt: Path, loads: list[str] | None = None) -> dict:
+    """Every step in order; ``loaded``: the model directories each step looked up (``loads``:
+    the ``model_loads`` fixture's list)."""
+    out, ran, loaded = {}, {}, {}
 
     def go(key, step, inputs):
+        start = len(loads or ())
         out[key], ran[key] = store.run_with_status(step, inputs, cfg)
+        loaded[key] = set((loads or [])[start:])
 
     go("encoded", encode_modality.STEP, {"prompt": prompt})
     go("reference", reference_view.STEP, {"encoded": out["encoded"]})
@@ -87,10 +92,10 @@ def run_chain(store: Store, cfg: dict, prompt: Path) -> dict:
         go(step.name, step, {"encoded": out["encoded"], "reference": out["reference"], "previous": previous})
         previous = out[step.name]
     go("render_views", render_views.STEP, {"state": previous})
-    return {"manifests": out, "ran": ran}
+    return {"manifests": out, "ran": ran, "loaded": loaded}
 
 
-def test_chain_writes_every_output_and_a_rerun_is_all_store_hits(tmp_path):
+def test_chain_writes_every_output_and_a_rerun_is_all_store_hits(tmp_path, model_loads):
     import imageio.v3 as iio
     from PIL import Image
 
@@ -100,8 +105,14 @@ def test_chain_writes_every_output_and_a_rerun_is_all_store_hits(tmp_path):
     assert [s.name for s in stages_for(cfg)] == ["nerf_coarse", "dmtet_geometry", "dmtet_texture"]
     store = Store(tmp_path / "store")
     prompt = write_prompt(tmp_path / "prompt.json", text="a red cube")
-    first = run_chain(store, cfg, prompt)
+    first = run_chain(store, cfg, prompt, model_loads)
     assert all(first["ran"].values())
+    # each step loads exactly the models it declares, the ones its store key holds
+    steps = {"encoded": encode_modality.STEP, "reference": reference_view.STEP, "render_views": render_views.STEP,
+             **{s.name: s for s in stages_for(cfg)}}
+    for key, step in steps.items():
+        assert first["loaded"][key] == {TINY_DIRS[r] for r in step.roles(cfg)}, key
+    assert first["loaded"]["nerf_coarse"] == {"prior2d", "novelview", "binder"}  # XBind's Phase I
     m = first["manifests"]
 
     emb = read_embedding(m["encoded"].path())

@@ -72,7 +72,8 @@ def test_key_depends_on_the_tiny_models_a_step_loads(tmp_path, src):
     # the evaluation-only judge enters the keys of scoring steps only
     (models / "judge").mkdir()
     (models / "judge" / "model.safetensors").write_bytes(b"judge v1")
-    scorer = Step(name="score", version="1", run_fn=double.run_fn, config_keys=("model",), inputs=("src",), scores=True)
+    scorer = Step(name="score", version="1", run_fn=double.run_fn, config_keys=("model",), inputs=("src",),
+                  roles=lambda cfg: {"judge", "encoder"})
     keys = store.key(uses_models, {"src": src}, cfg), store.key(scorer, {"src": src}, cfg)
     (models / "judge" / "model.safetensors").write_bytes(b"judge v2, retrained")
     assert store.key(uses_models, {"src": src}, cfg) == keys[0]
@@ -80,6 +81,38 @@ def test_key_depends_on_the_tiny_models_a_step_loads(tmp_path, src):
     # a step that does not read the model config, and paper weights, are keyed as before
     assert store.key(double, {"src": src}, cfg) == store.key(double, {"src": src}, CFG)
     assert store_mod.models_digest({"name": "paper", "weights_dir": str(models)}) is None
+
+
+def test_a_step_that_declares_its_roles_is_keyed_on_those_models_only(tmp_path, src):
+    """A retrained prior re-runs the steps that load it, and no others."""
+    models = tmp_path / "zoo"
+    for name in ("binder", "prior2d", "novelview", "judge"):
+        (models / name).mkdir(parents=True)
+        (models / name / "model.safetensors").write_bytes(name.encode() + b" v1")
+    cfg = {**CFG, "model": {"name": "tiny", "models_dir": str(models)}}
+    store = Store(tmp_path / "store")
+
+    def declared(*roles):
+        return Step(name="s" + "-".join(roles), version="1", run_fn=double.run_fn, config_keys=("model",),
+                    inputs=("src",), roles=lambda cfg: set(roles))
+
+    sds, zero, none = declared("prior2d"), declared("novel_view", "ms_encoder"), declared()
+    undeclared = Step(name="all", version="1", run_fn=double.run_fn, config_keys=("model",), inputs=("src",))
+    steps = (sds, zero, none, undeclared)
+    before = {s.name: store.key(s, {"src": src}, cfg) for s in steps}
+    (models / "novelview" / "model.safetensors").write_bytes(b"novelview v2, retrained")
+    after = {s.name: store.key(s, {"src": src}, cfg) for s in steps}
+    assert after[sds.name] == before[sds.name] and after[none.name] == before[none.name]
+    assert after[zero.name] != before[zero.name] and after[undeclared.name] != before[undeclared.name]
+    (models / "prior2d" / "config.json").write_text("{}")  # any file of the directory counts
+    assert store.key(sds, {"src": src}, cfg) != before[sds.name]
+    # encoder and ms_encoder are the one binder directory
+    (models / "binder" / "model.safetensors").write_bytes(b"binder v2")
+    assert store.key(zero, {"src": src}, cfg) != after[zero.name]
+    # a step that loads no model is keyed on none of them; an unknown role is an error
+    assert store.key(none, {"src": src}, cfg) == before[none.name]
+    with pytest.raises(InputError, match="unknown model role"):
+        store.key(declared("unet"), {"src": src}, cfg)
 
 
 def test_key_depends_on_config_subset_content_and_version_only(tmp_path, src):
