@@ -24,7 +24,8 @@ from anyto3d.zoo.evaluate import (
     train_seconds,
 )
 from anyto3d.zoo.motion import MOTIONS
-from anyto3d.zoo.world import WorldObject
+from anyto3d.zoo.judge import IGNORE
+from anyto3d.zoo.world import SHAPES, WorldObject
 
 # ---------------------------------------------------------------------------------------------
 # Motion classifier
@@ -108,10 +109,19 @@ def test_motion_classifier_on_rendered_ground_truth_clips(tmp_path):
 
 
 def test_novel_view_requests_by_hand():
-    asked, facing = novel_view_requests([-16.5, 30.0, 0.0])
+    from anyto3d.zoo.evaluate import _seen_labels
+
+    ref = np.array([-16.5, 30.0, 0.0])
+    asked = novel_view_requests(ref)
     np.testing.assert_array_equal(asked, [[180, 90], [180, -90], [180, -90]])
     # -16.5+180 = 163.5 back, -16.5+90 = 73.5 side; 30+180 = 210 ≡ -150 back, 30-90 = -60 side
-    np.testing.assert_array_equal(facing, [[2, 1], [2, 1], [2, 1]])
+    house = WorldObject.single("house", "red")
+    seen = _seen_labels([house] * 6, (ref[:, None] + asked).reshape(-1))
+    np.testing.assert_array_equal(seen["facing"].view(3, 2), [[2, 1], [2, 1], [2, 1]])
+    # a marked cube asked from behind is a plain cube, its facing not scored
+    cube = _seen_labels([WorldObject.single("marked_cube", "red")] * 2, [163.5, 73.5])
+    assert cube["shape"].tolist() == [SHAPES.index("cube"), SHAPES.index("marked_cube")]
+    assert cube["facing"].tolist() == [IGNORE, 1]
 
 
 def test_passed_compares_each_figure_with_its_target():

@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from anyto3d.errors import InputError, MissingWeightsError
 from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
 from anyto3d.zoo.motion import MOTIONS
-from anyto3d.zoo.world import FACINGS, WorldObject, facing_index
+from anyto3d.zoo.world import FACINGS, WorldObject
 
 #: Figures with a target; keys are paths into the metrics JSON.
 TARGETS: dict[str, float] = {
@@ -393,15 +393,12 @@ def _frontal_view(data, obj_index: int) -> int:
     return int(rows[np.argmin(rel)])
 
 
-def novel_view_requests(reference_azimuth_deg) -> tuple[np.ndarray, np.ndarray]:
-    """Asked relative azimuths ``[R, 2]`` (degrees) — 180° and ±90°, the sign turning the side
-    view away from the nearer front/side boundary — and the facing index each target has
-    (``facing_index`` of reference + Δaz; the front is at azimuth 0). That is the object's own
-    facing; scoring names a "left of" composition per view instead (:func:`_seen_labels`)."""
+def novel_view_requests(reference_azimuth_deg) -> np.ndarray:
+    """Asked relative azimuths ``[R, 2]`` (degrees): 180° and ±90°, the sign turning the side
+    view away from the nearer front/side boundary. What each asked view should show is named
+    per view by :func:`_seen_labels`."""
     ref = np.asarray(reference_azimuth_deg, dtype=np.float64).reshape(-1)
-    asked = np.stack([np.full(ref.shape, 180.0), np.where(ref < 0, 90.0, -90.0)], axis=1)
-    expected = np.asarray(facing_index(ref[:, None] + asked), dtype=np.int64).reshape(asked.shape)
-    return asked, expected
+    return np.stack([np.full(ref.shape, 180.0), np.where(ref < 0, 90.0, -90.0)], axis=1)
 
 
 def true_novel_views(objects: list[WorldObject], data, rows, delta_azimuth_deg) -> torch.Tensor:
@@ -430,7 +427,7 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     rows = [_frontal_view(data, index_of[o.id]) for o in refs]
     rgb = _view_rgb(data, rows)
     ref_az = np.degrees(data.azimuth[rows]).astype(np.float64)
-    asked, _ = novel_view_requests(ref_az)
+    asked = novel_view_requests(ref_az)
     d_az = torch.from_numpy(np.radians(asked.reshape(-1))).float()
     rel = torch.stack([torch.zeros_like(d_az), d_az.sin(), d_az.cos(), torch.zeros_like(d_az)], dim=1)
     embedding = binder.embed_image(rgb).repeat_interleave(2, 0) if prior.config.embedding_dim else None
