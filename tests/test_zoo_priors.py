@@ -25,13 +25,13 @@ from anyto3d.zoo.priors import (
     load_tiny_prior,
     noise_augment_embedding,
 )
+from anyto3d.zoo.evaluate import judge_samples
 from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.train_priors import (
     TrainConfig,
     _object_groups,
     _pick_from_groups,
     _pick_reference,
-    judge_samples,
     load_view_images,
     reconstruction_error,
     same_lens_groups,

@@ -10,7 +10,7 @@
 * **priors**: samples (DDIM through ``prior.sample`` = :func:`anyto3d.priors.sampling.ddim_sample`,
   η = 0, :attr:`EvalConfig.steps` steps, classifier-free guidance :attr:`EvalConfig.guidance_scale`
   = 3.0, the scale the sample sheets of :mod:`anyto3d.zoo.train_priors` use, one fixed seed) judged
-  against their conditioning by the judge through :func:`~anyto3d.zoo.train_priors.judge_samples`:
+  against their conditioning by the judge through :func:`judge_samples`:
 
   - ``prior2d``: conditioned on the binder's embedding of a held-out object's canonical caption
     (text → image); right when the judge reads the object's shape and colour. Score: ``all``.
@@ -62,6 +62,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -71,6 +72,7 @@ import torch.nn.functional as F
 
 from anyto3d.errors import InputError, MissingWeightsError
 from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
+from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.motion import MOTIONS
 from anyto3d.zoo.world import FACINGS, WorldObject
 
@@ -346,6 +348,56 @@ def _seen_labels(objects: list[WorldObject], azimuth_deg) -> dict[str, torch.Ten
     return {h: labels[h] for h in ("shape", "color", "facing")}
 
 
+def judge_samples(
+    samples: torch.Tensor,
+    targets: dict[str, torch.Tensor],
+    classifier: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    group_size: int | None = None,
+) -> dict[str, float]:
+    """Score samples against their conditioning with any classifier.
+
+    ``samples``: images ``[M, 3, H, W]`` or clips ``[B, 3, F, H, W]`` in [-1, 1] (clips are judged
+    frame by frame, a clip being a group). ``classifier(images [M, H, W, 3] in [0, 1])`` returns
+    ``{attribute: logits [M, K] or labels [M]}`` (e.g. shape, colour, facing). ``targets`` has the
+    same keys, one label per image (``[M]``) or one per group (``[M / group_size]``); a label of
+    ``IGNORE`` is not scored (its image counts as right on that attribute).
+    ``group_size``: views per multi-view object (frames per clip are implied). Returns the accuracy
+    per attribute, ``"all"`` (images right on every attribute) and ``"groups"`` (groups whose every
+    image is right on every attribute: the consistency a multi-view or video sample needs).
+    """
+    if samples.dim() == 5:
+        from anyto3d.priors.zeroscope import video_to_frames
+
+        group_size = samples.shape[2]
+        samples = video_to_frames(samples)
+    group_size = group_size or 1
+    M = samples.shape[0]
+    if M % group_size:
+        raise InputError(f"{M} images do not split into groups of {group_size}")
+    with torch.no_grad():
+        out = classifier(prior_to_renderer(samples.float()))
+    missing = set(targets) - set(out)
+    if missing:
+        raise InputError(f"the classifier gave no {sorted(missing)}")
+    right = torch.ones(M, dtype=torch.bool)
+    scores = {}
+    for key, target in targets.items():
+        pred = out[key]
+        pred = pred.argmax(-1) if pred.dim() == 2 else pred
+        target = torch.as_tensor(target).reshape(-1).long()
+        if target.numel() == M // group_size and group_size > 1:
+            target = target.repeat_interleave(group_size)
+        if target.numel() != M:
+            raise InputError(f"{target.numel()} {key} targets for {M} images")
+        scored = target != IGNORE  # e.g. the facing of a view whose named object has no front
+        ok = (pred.cpu().long() == target) | ~scored
+        scores[key] = float(ok[scored].float().mean()) if bool(scored.any()) else 1.0
+        right &= ok
+    scores["all"] = float(right.float().mean())
+    scores["groups"] = float(right.view(-1, group_size).all(dim=1).float().mean())
+    return scores
+
+
 def _sample(prior, cond, cfg: EvalConfig, offset: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + offset)
     return prior.sample(cond, guidance_scale=cfg.guidance_scale, steps=cfg.steps, generator=gen)
@@ -364,8 +416,6 @@ def _heldout_objects_in(data) -> list[WorldObject]:
 
 def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
     from anyto3d.zoo.captions import canonical_caption
-    from anyto3d.zoo.train_priors import judge_samples
-
     objects = _cycle(_heldout_objects_in(data), cfg.samples_2d)
     captions = [canonical_caption(o) for o in objects]
     cond = prior.build_condition(binder.embed_texts(captions))
@@ -419,8 +469,6 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     """Two asked views per reference: Δaz = 180° (back) and Δaz = ±90° (side, away from the
     nearer facing boundary); expected shape, colour and facing from the target azimuth (the
     front is at 0), the object named as that camera names it (:func:`_seen_labels`)."""
-    from anyto3d.zoo.train_priors import judge_samples
-
     fronted = [o for o in _heldout_objects_in(data) if o.has_front]
     refs = _cycle(fronted, cfg.novel_references)
     index_of = {o.id: i for i, o in enumerate(data.objects)}
@@ -463,8 +511,6 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     """Held-out 4-view groups (the dataset's cameras when it has groups of ``num_views``, else
     ``num_views`` views of the object), objects with a front first-class: their facing is judged."""
     from anyto3d.zoo.captions import canonical_caption
-    from anyto3d.zoo.train_priors import judge_samples
-
     N = prior.num_views
     objects = _heldout_objects_in(data)
     index_of = {o.id: i for i, o in enumerate(data.objects)}
@@ -526,7 +572,6 @@ def evaluate_video(prior, binder, judge, cfg: EvalConfig) -> tuple[dict, torch.T
     from anyto3d.priors.zeroscope import video_to_frames
     from anyto3d.zoo.motion import motion_caption
     from anyto3d.zoo.splits import heldout_objects
-    from anyto3d.zoo.train_priors import judge_samples
     from anyto3d.zoo.world import stable_rank
 
     singles = sorted((o for o in heldout_objects() if o.relation is None), key=lambda o: stable_rank(o.id, 11))
@@ -789,12 +834,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 __all__ = [
-    "MOTION_LABELS",
-    "STATIC",
-    "TARGETS",
-    "EvalConfig",
-    "MotionClassifierConfig",
     "classify_motion",
+    "EvalConfig",
     "evaluate_multiview",
     "evaluate_novelview",
     "evaluate_prior2d",
@@ -802,16 +843,21 @@ __all__ = [
     "evaluate_zoo",
     "expected_motion",
     "judge_facing",
+    "judge_samples",
     "load_clip_rgb",
     "lookup",
     "main",
     "motion_accuracy",
     "motion_features",
+    "MOTION_LABELS",
     "motion_scores",
+    "MotionClassifierConfig",
     "novel_view_requests",
     "passed",
     "save_sheet",
     "silhouette",
+    "STATIC",
+    "TARGETS",
     "train_seconds",
     "validate_motion_classifier",
 ]

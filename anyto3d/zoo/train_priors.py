@@ -66,7 +66,6 @@ from anyto3d.errors import InputError
 from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
 from anyto3d.losses.diffusion import diffusion_loss, drop_condition
 from anyto3d.priors.base import Condition, Prior
-from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.priors import (
     PRIOR_CLASSES,
     WorldCodeEmbedding,
@@ -586,56 +585,6 @@ def sample_sheet(
     return samples
 
 
-def judge_samples(
-    samples: torch.Tensor,
-    targets: dict[str, torch.Tensor],
-    classifier: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-    group_size: int | None = None,
-) -> dict[str, float]:
-    """Score samples against their conditioning with any classifier.
-
-    ``samples``: images ``[M, 3, H, W]`` or clips ``[B, 3, F, H, W]`` in [-1, 1] (clips are judged
-    frame by frame, a clip being a group). ``classifier(images [M, H, W, 3] in [0, 1])`` returns
-    ``{attribute: logits [M, K] or labels [M]}`` (e.g. shape, colour, facing). ``targets`` has the
-    same keys, one label per image (``[M]``) or one per group (``[M / group_size]``); a label of
-    ``IGNORE`` is not scored (its image counts as right on that attribute).
-    ``group_size``: views per multi-view object (frames per clip are implied). Returns the accuracy
-    per attribute, ``"all"`` (images right on every attribute) and ``"groups"`` (groups whose every
-    image is right on every attribute: the consistency a multi-view or video sample needs).
-    """
-    if samples.dim() == 5:
-        from anyto3d.priors.zeroscope import video_to_frames
-
-        group_size = samples.shape[2]
-        samples = video_to_frames(samples)
-    group_size = group_size or 1
-    M = samples.shape[0]
-    if M % group_size:
-        raise InputError(f"{M} images do not split into groups of {group_size}")
-    with torch.no_grad():
-        out = classifier(prior_to_renderer(samples.float()))
-    missing = set(targets) - set(out)
-    if missing:
-        raise InputError(f"the classifier gave no {sorted(missing)}")
-    right = torch.ones(M, dtype=torch.bool)
-    scores = {}
-    for key, target in targets.items():
-        pred = out[key]
-        pred = pred.argmax(-1) if pred.dim() == 2 else pred
-        target = torch.as_tensor(target).reshape(-1).long()
-        if target.numel() == M // group_size and group_size > 1:
-            target = target.repeat_interleave(group_size)
-        if target.numel() != M:
-            raise InputError(f"{target.numel()} {key} targets for {M} images")
-        scored = target != IGNORE  # e.g. the facing of a view whose named object has no front
-        ok = (pred.cpu().long() == target) | ~scored
-        scores[key] = float(ok[scored].float().mean()) if bool(scored.any()) else 1.0
-        right &= ok
-    scores["all"] = float(right.float().mean())
-    scores["groups"] = float(right.view(-1, group_size).all(dim=1).float().mean())
-    return scores
-
-
 def sheet_condition(kind: str, prior: Prior, context: dict, n: int = 8) -> Condition:
     """A conditioning for ``n`` samples drawn from the training data (distinct objects first)."""
     emb = context["embeddings"]
@@ -919,7 +868,6 @@ __all__ = [
     "encode_all",
     "fit",
     "fit_scaling_factor",
-    "judge_samples",
     "load_clips",
     "load_view_images",
     "make_loss_fn",
