@@ -37,6 +37,7 @@ and :func:`export_ground_truth` (each object's mesh + ``index.json``, for geomet
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -373,7 +374,7 @@ def whole_in_frame(alpha: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     is covered (alpha above ``threshold``), so the view shows the whole object.
 
     The papers' camera distributions zoom in by design (XBind's Phase II: distance 1.5–2.0,
-    fovy 30–45°; 4D-fy's fovy down to 15°). In 40 % of the tiny world's held-out views the
+    fovy 30–45°; 4D-fy's fovy down to 15°). In a third of the tiny world's held-out views the
     object crosses the frame; a close-up of a flat red wall names no shape, so the judge's and
     the priors' figures are also reported on the views this keeps (session 8)."""
     a = np.asarray(alpha)
@@ -405,9 +406,9 @@ class RenderedDataset:
         """float RGBA [N, H, W, 4] in [0, 1]."""
         return torch.from_numpy(self.rgba).float() / 255.0
 
-    @property
+    @functools.cached_property
     def framed(self) -> np.ndarray:
-        """bool [N]: the view shows the whole object (:func:`whole_in_frame`)."""
+        """bool [N]: the view shows the whole object (:func:`whole_in_frame`; computed once)."""
         return whole_in_frame(self.rgba[..., 3])
 
     def cameras(self) -> CameraBatch:

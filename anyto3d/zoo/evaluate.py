@@ -416,6 +416,7 @@ def _heldout_objects_in(data) -> list[WorldObject]:
 
 def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
     from anyto3d.zoo.captions import canonical_caption
+
     objects = _cycle(_heldout_objects_in(data), cfg.samples_2d)
     captions = [canonical_caption(o) for o in objects]
     cond = prior.build_condition(binder.embed_texts(captions))
@@ -429,16 +430,18 @@ def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict,
     return scores, samples, [{"object": o.id, "caption": c} for o, c in zip(objects, captions)]
 
 
-def _framed_first(rows: np.ndarray, framed: np.ndarray) -> np.ndarray:
-    """``rows`` that show the whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`), or all
-    of them when none does: a request is made from a view that can be judged."""
-    keep = rows[framed[rows]]
-    return keep if len(keep) else rows
+def _framed_first(items: np.ndarray, framed: np.ndarray) -> np.ndarray:
+    """The ``items`` (views, or groups of views) whose ``framed`` flag is set — they show the
+    whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`) — or all of them when none is:
+    a request is made from views that can be judged."""
+    keep = items[framed]
+    return keep if len(keep) else items
 
 
 def _frontal_view(data, obj_index: int) -> int:
     """The object's held-out view nearest its front among those that show it whole."""
-    rows = _framed_first(np.nonzero(data.object_index == obj_index)[0], data.framed)
+    rows = np.nonzero(data.object_index == obj_index)[0]
+    rows = _framed_first(rows, data.framed[rows])
     rel = np.abs(np.mod(np.degrees(data.azimuth[rows]) + 180.0, 360.0) - 180.0)
     return int(rows[np.argmin(rel)])
 
@@ -511,6 +514,7 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     """Held-out 4-view groups (the dataset's cameras when it has groups of ``num_views``, else
     ``num_views`` views of the object), objects with a front first-class: their facing is judged."""
     from anyto3d.zoo.captions import canonical_caption
+
     N = prior.num_views
     objects = _heldout_objects_in(data)
     index_of = {o.id: i for i, o in enumerate(data.objects)}
@@ -524,8 +528,7 @@ def evaluate_multiview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
         if len(views) < N:
             raise InputError(f"{obj.id} has {len(views)} held-out views, fewer than num_views={N}")
         groups = views[: len(views) // N * N].reshape(-1, N)
-        whole = groups[framed[groups].all(axis=1)]  # groups whose every view shows the object
-        groups = whole if len(whole) else groups
+        groups = _framed_first(groups, framed[groups].all(axis=1))  # every view of the group framed
         rows.extend(groups[(k // len(order)) % len(groups)].tolist())
     rows = np.asarray(rows)
     captions = [canonical_caption(o) for o in picked]
@@ -834,8 +837,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 __all__ = [
-    "classify_motion",
+    "MOTION_LABELS",
+    "STATIC",
+    "TARGETS",
     "EvalConfig",
+    "MotionClassifierConfig",
+    "classify_motion",
     "evaluate_multiview",
     "evaluate_novelview",
     "evaluate_prior2d",
@@ -849,15 +856,11 @@ __all__ = [
     "main",
     "motion_accuracy",
     "motion_features",
-    "MOTION_LABELS",
     "motion_scores",
-    "MotionClassifierConfig",
     "novel_view_requests",
     "passed",
     "save_sheet",
     "silhouette",
-    "STATIC",
-    "TARGETS",
     "train_seconds",
     "validate_motion_classifier",
 ]
