@@ -48,7 +48,9 @@ def test_every_stage_resolves_with_the_params(stages):
     b, v, p = zoo["binder"], zoo["video"], zoo["prior2d"]
     assert stages["zoo_binder"].cmd.endswith(f"binder --data data/zoo --steps {b['steps']} --audio-steps {b['audio_steps']}")
     assert stages["zoo_video"].cmd.endswith(f"video --data data/zoo --steps {v['steps']} --batch {v['batch']}")
-    assert stages["zoo_prior2d"].cmd.endswith(f"prior2d --data data/zoo --steps {p['steps']} --batch {p['batch']}")
+    assert stages["zoo_prior2d"].cmd.endswith(
+        f"prior2d --data data/zoo --steps {p['steps']} --batch {p['batch']} --train-views {p['train_views']}"
+    )
     assert stages["zoo_judge_data"].cmd.endswith(f"judge_data --data data/zoo --views {zoo['judge']['views']}")
     assert "data/zoo/judge_train" in {d.def_path for d in stages["zoo_judge"].deps}
     xbind = stages["table1_method@xbind"].cmd

@@ -21,6 +21,7 @@ from anyto3d.zoo.priors import (
     TinyMultiViewPrior,
     TinyNovelViewPrior,
     TinyVideoPrior,
+    PRIOR_CLASSES,
     WorldCodeEmbedding,
     load_tiny_prior,
     noise_augment_embedding,
@@ -33,6 +34,7 @@ from anyto3d.zoo.train_priors import (
     _pick_from_groups,
     _pick_reference,
     load_view_images,
+    make_loss_fn,
     reconstruction_error,
     same_lens_groups,
     sample_sheet,
@@ -450,6 +452,43 @@ def test_novel_view_training_runs_on_same_lens_pairs(views_dir, tmp_path):
     prior = load_tiny_prior(tmp_path / "model")
     assert prior.config.camera_harmonics == 2 and prior.config.scale_embedding
     assert (tmp_path / "samples.png").is_file()
+
+
+def _drawn_rows(kind, views_dir, framed_only, monkeypatch, steps=6):
+    """Dataset rows each loss call trained on (targets, and novel-view references)."""
+    import anyto3d.zoo.train_priors as tp
+
+    prior = PRIOR_CLASSES[kind].build_tiny("test", seed=0, embedding_dim=8)
+    cfg = TrainConfig(batch_size=8, p_uncond=0.0, framed_only=framed_only)
+    seen = []
+    monkeypatch.setattr(tp, "diffusion_loss", lambda prior, z0, cond, **kw: seen.append((z0, cond)) or z0.sum())
+    loss_fn, context = make_loss_fn(kind, prior, views_dir, None, cfg, seed=0)
+    gen = _gen(2)
+    for _ in range(steps):
+        loss_fn(gen)
+    table = context["z"].flatten(1)
+
+    def rows(z):
+        match = (z.flatten(1)[:, None] == table[None]).all(-1)
+        assert bool(match.any(1).all())
+        return match.float().argmax(1)
+
+    drawn = torch.cat([rows(z0) for z0, _ in seen])
+    if kind == "novelview":
+        drawn = torch.cat([drawn, *[rows(cond["reference"]) for _, cond in seen]])
+    return drawn.numpy(), context["data"]
+
+
+@pytest.mark.parametrize("kind", ["prior2d", "novelview", "multiview"])
+def test_framed_only_trains_on_views_that_show_the_whole_object(kind, views_dir, monkeypatch):
+    drawn, data = _drawn_rows(kind, views_dir, True, monkeypatch)
+    framed = np.asarray(data.framed)
+    assert 0.2 < framed.mean() < 0.95  # the fixture has close-ups to leave out
+    assert framed[drawn].all()
+    if kind == "multiview":  # whole groups of 4, each framed in every view
+        assert (drawn.reshape(-1, 4) // 4 == drawn.reshape(-1, 4)[:, :1] // 4).all()
+    every, _ = _drawn_rows(kind, views_dir, False, monkeypatch)
+    assert not framed[every].all()  # by default the close-ups are trained on too
 
 
 def test_training_resumes_exactly(views_dir, tmp_path):

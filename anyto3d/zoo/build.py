@@ -141,14 +141,15 @@ def build_encoder(kind: str, data: Path, steps: int, audio_steps: int | None, se
 
 
 def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkpoint_every: int, latent: bool = True,
-                turn_candidates: int = 2) -> dict:
+                turn_candidates: int = 2, train_views: str = "all") -> dict:
     from safetensors.torch import load_file
 
     from anyto3d.module_io import CONFIG_NAME
     from anyto3d.zoo.train_priors import TrainConfig, train_prior, train_vae
 
     out = _work_dir(data, kind)
-    cfg = TrainConfig(batch_size=batch, checkpoint_every=checkpoint_every, progress=False)
+    cfg = TrainConfig(batch_size=batch, checkpoint_every=checkpoint_every, progress=False,
+                      framed_only=train_views == "framed")
     if kind == "novelview":  # the published novel-view prior's pairs (TrainConfig, MODEL_CARD session 6)
         cfg.pair_exclude_self, cfg.pair_turn_candidates = True, turn_candidates
     if kind == "vae":
@@ -218,6 +219,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="binder: keep the published image and text towers; train only a new audio tower")
     parser.add_argument("--turn-candidates", type=int, default=2,
                         help="novelview: reference draws per target, the farthest turn kept (1: uniform)")
+    parser.add_argument("--train-views", choices=("all", "framed"), default="all",
+                        help="2D, novel-view, multi-view priors: learn from every view, or only from those "
+                        "that show the whole object (TrainConfig.framed_only)")
     parser.add_argument("--latent", action=argparse.BooleanOptionalAction, default=True,
                         help="priors: train in the tiny VAE's latents (default) or in pixels (--no-latent)")
     args = parser.parse_args(argv)
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         result = build_encoder(args.stage, data, args.steps, args.audio_steps, args.seed, args.audio_only)
     else:
         result = build_prior(args.stage, data, args.steps, args.seed, args.batch, args.checkpoint_every, args.latent,
-                             args.turn_candidates)
+                             args.turn_candidates, args.train_views)
     result = {k: v for k, v in result.items() if k != "loss_curve"}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=1, default=str))

@@ -93,6 +93,11 @@ class TrainConfig:
     # farthest in azimuth, so large turns — the back of an object — are seen more often.
     pair_exclude_self: bool = False
     pair_turn_candidates: int = 1
+    # 2D, novel-view and multi-view priors: learn only from views that show the whole object
+    # (:func:`~anyto3d.zoo.dataset.whole_in_frame`; a multi-view group only if all its views do,
+    # a novel-view pair only if both do). A third of the views are close-ups — often a wall of
+    # one colour — and a camera-unaware prior sampled without them draws whole, judgeable objects.
+    framed_only: bool = False
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     sheet_steps: int = 25  # DDIM steps for the sample sheet (0: no sheet)
@@ -330,6 +335,23 @@ def world_view_embeddings(data, dim: int, seed: int = 0) -> torch.Tensor:
     return codes[torch.from_numpy(data.object_index.astype(np.int64))]
 
 
+def _training_views(data, framed_only: bool) -> torch.Tensor:
+    """Indices of the views a prior learns from: all, or those that show the whole object."""
+    keep = np.asarray(data.framed) if framed_only else np.ones(len(data.object_index), bool)
+    if not keep.any():
+        raise InputError("no training view shows the whole object (framed_only)")
+    return torch.from_numpy(np.nonzero(keep)[0].astype(np.int64))
+
+
+def _set_apart(group_ids: np.ndarray, data, framed_only: bool) -> np.ndarray:
+    """Group ids (int64) with, under ``framed_only``, each view that does not show the whole
+    object in a group of its own: a view drawn from a framed view's group is then framed too."""
+    ids = np.asarray(group_ids, dtype=np.int64)
+    if not framed_only:
+        return ids
+    return np.where(np.asarray(data.framed), ids, ids.max() + 1 + np.arange(len(ids)))
+
+
 def _object_groups(object_index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """A padded table of each object's view indices ``[n_obj, max]`` and the counts ``[n_obj]``."""
     obj = torch.from_numpy(object_index.astype(np.int64))
@@ -453,11 +475,13 @@ def make_loss_fn(
         emb = _check_embeddings(emb, len(data), D)
     context = {"z": z_all, "embeddings": emb, "data": data}
 
+    pool = _training_views(data, cfg.framed_only)
+
     if kind == "prior2d":
         top = prior.config.noise_aug_max
 
         def loss_fn(gen):
-            idx = torch.randint(0, z_all.shape[0], (B,), generator=gen)
+            idx = pool[torch.randint(0, pool.shape[0], (B,), generator=gen)]
             level = top * torch.rand(B, generator=gen) ** 2
             cond = prior.build_condition(emb[idx], noise_level=level, generator=gen)
             cond = drop_condition(prior, cond, cfg.p_uncond, gen)
@@ -466,21 +490,22 @@ def make_loss_fn(
         return loss_fn, context
 
     cams = data.cameras()
-    table, counts = _object_groups(data.object_index)
-    obj_of = torch.from_numpy(data.object_index.astype(np.int64))
+    object_index = _set_apart(data.object_index, data, cfg.framed_only)
+    table, counts = _object_groups(object_index)
+    obj_of = torch.from_numpy(object_index)
 
     if kind == "novelview":
         # Zero-1-to-3's camera has no field of view (its renders share one), so a pair with two
         # fields of view would ask for a target whose size the condition cannot tell: partners
         # are views of the same object at the same fovy (the fixed-lens sampler's views, and the
         # views of one multi-view group).
-        lens_group = same_lens_groups(data.object_index, data.fovy)
+        lens_group = _set_apart(same_lens_groups(data.object_index, data.fovy), data, cfg.framed_only)
         pair_table, pair_counts = _object_groups(lens_group)
         pair_of = torch.from_numpy(lens_group)
         azimuth = cams.azimuth.reshape(-1).float()
 
         def loss_fn(gen):
-            target = torch.randint(0, z_all.shape[0], (B,), generator=gen)
+            target = pool[torch.randint(0, pool.shape[0], (B,), generator=gen)]
             ref = _pick_reference(pair_table, pair_counts, pair_of[target], target, azimuth, gen,
                                   cfg.pair_exclude_self, cfg.pair_turn_candidates)
             rel = relative_camera(cams[ref], cams[target])
@@ -500,15 +525,20 @@ def make_loss_fn(
             raise InputError(f"batch size {B} is not a multiple of num_views={N}")
         grouped = int(data.index.get("config", {}).get("views_per_group", 1)) == N
         n_groups = z_all.shape[0] // N
+        whole_groups = torch.arange(n_groups)
+        if cfg.framed_only:
+            whole_groups = whole_groups[np.asarray(data.framed[: n_groups * N]).reshape(n_groups, N).all(axis=1)]
+        if grouped and whole_groups.numel() == 0:
+            raise InputError("no multi-view group shows the whole object in all its views (framed_only)")
 
         def loss_fn(gen):
             if (
                 grouped
             ):  # the dataset's MVDream-style groups (one elevation, azimuths 90° apart)
-                g = torch.randint(0, n_groups, (B // N,), generator=gen)
+                g = whole_groups[torch.randint(0, whole_groups.numel(), (B // N,), generator=gen)]
                 idx = (g[:, None] * N + torch.arange(N)).flatten()
             else:  # N random views of one object
-                first = torch.randint(0, z_all.shape[0], (B // N,), generator=gen)
+                first = pool[torch.randint(0, pool.shape[0], (B // N,), generator=gen)]
                 idx = _pick_from_groups(
                     table, counts, obj_of[first].repeat_interleave(N), gen
                 )
@@ -699,6 +729,8 @@ def train_prior(
         "train_seconds": train_seconds,  # this run plus the loop time of the runs it resumed
         **_loss_summary(result["losses"]),
     }
+    if kind in ("prior2d", "novelview", "multiview"):
+        metrics["framed_only"] = cfg.framed_only
     if kind == "novelview":
         metrics.update(pair_exclude_self=cfg.pair_exclude_self, pair_turn_candidates=cfg.pair_turn_candidates)
     if cfg.sheet_steps > 0:
