@@ -17,7 +17,7 @@ from anyto3d.zoo.binder import (
     split_words,
     world_vocabulary,
 )
-from anyto3d.zoo.captions import caption
+from anyto3d.zoo.captions import canonical_caption, caption
 from anyto3d.zoo.dataset import TINY, render_dataset
 from anyto3d.zoo.splits import is_heldout
 from anyto3d.zoo.train_encoders import (
@@ -136,6 +136,14 @@ def test_tiny_training_retrieves_text_and_audio_well_above_chance(trained, data)
     assert metrics["chance"] == pytest.approx(1 / 6)
     assert metrics["text_to_image"] >= 0.6, metrics  # chance 0.17
     assert metrics["audio_to_image"] >= 0.6, metrics
+    # the same over the renders that show the whole object, by hand
+    views = load_views(data / "eval", "all")
+    binder = TinyBinder.from_pretrained(out)
+    keep = views.framed
+    assert metrics["framed"]["n_views"] == int(keep.sum()) > 0
+    txt = binder.embed_texts([canonical_caption(o) for o in views.objects])
+    best = (binder.embed_image(views.rgb[keep]) @ txt.T).argmax(-1).numpy()
+    assert metrics["framed"]["text_to_image"] == pytest.approx(float(np.mean(best == views.object_index[keep])))
 
 
 def test_audio_tower_tells_two_colours_notes_apart(trained, data):

@@ -418,6 +418,8 @@ def evaluate_binder(binder: TinyBinder, dataset_dir, split: str = "heldout", see
       ``text_query``: per caption, is the best render one of its object.
     * ``audio_to_image`` / ``audio_query``: the same with one synthesised clip per object
       (clips seeded by ``seed``, never the training bank's seeds).
+    * ``framed``: ``text_to_image`` and ``audio_to_image`` again over the renders that show the
+      whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`), as the judge reports them.
     """
     views = load_views(dataset_dir, split)
     target = torch.as_tensor(views.object_index)
@@ -426,7 +428,7 @@ def evaluate_binder(binder: TinyBinder, dataset_dir, split: str = "heldout", see
     waves = [synthesize(o, np.random.default_rng([seed, stable_rank(o.id)])) for o in views.objects]
     aud = binder.embed_waveforms(waves)
     by_object = torch.arange(len(views.objects))
-    return {
+    out = {
         "text_to_image": _top1(img @ txt.T, target),
         "text_query": float((target[(txt @ img.T).argmax(-1)] == by_object).float().mean()),
         "audio_to_image": _top1(img @ aud.T, target),
@@ -435,6 +437,12 @@ def evaluate_binder(binder: TinyBinder, dataset_dir, split: str = "heldout", see
         "n_views": len(views),
         "n_objects": len(views.objects),
     }
+    if views.framed is not None and bool(views.framed.any()):
+        keep = torch.as_tensor(views.framed)
+        out["framed"] = {"text_to_image": _top1(img[keep] @ txt.T, target[keep]),
+                         "audio_to_image": _top1(img[keep] @ aud.T, target[keep]),
+                         "n_views": int(keep.sum())}  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
