@@ -22,9 +22,9 @@ from anyto3d.zoo.dataset import TINY, render_dataset
 from anyto3d.zoo.splits import is_heldout
 from anyto3d.zoo.train_encoders import (
     BinderTrainConfig,
+    _top1,
     augment_images,
     evaluate_binder,
-    _top1,
     gaussian_blur,
     load_views,
     look_alike,

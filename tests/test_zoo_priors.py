@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -16,18 +17,18 @@ from anyto3d.cameras import (
 from anyto3d.errors import InputError
 from anyto3d.losses.diffusion import diffusion_loss
 from anyto3d.zoo.dataset import DatasetConfig, render_dataset
+from anyto3d.zoo.evaluate import judge_samples
+from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.priors import (
+    PRIOR_CLASSES,
     TinyImagePrior,
     TinyMultiViewPrior,
     TinyNovelViewPrior,
     TinyVideoPrior,
-    PRIOR_CLASSES,
     WorldCodeEmbedding,
     load_tiny_prior,
     noise_augment_embedding,
 )
-from anyto3d.zoo.evaluate import judge_samples
-from anyto3d.zoo.judge import IGNORE
 from anyto3d.zoo.train_priors import (
     TrainConfig,
     _object_groups,
