@@ -60,7 +60,7 @@ from anyto3d.zoo.judge import (
     judge_loss,
     view_labels,
 )
-from anyto3d.zoo.world import FACINGS, WorldObject, stable_rank
+from anyto3d.zoo.world import FACINGS, WorldObject, behind, stable_rank
 
 SPLITS = ("train", "heldout", "all")
 
@@ -410,8 +410,10 @@ def look_alike(objects: list[WorldObject], azimuth_deg) -> torch.Tensor:
     (:meth:`WorldObject.seen_from`). Candidates with one id make the same picture from that
     camera (a marked cube and the plain cube of its colour, from behind)."""
     ids: dict[str, int] = {}
-    rows = [[ids.setdefault(o.seen_from(float(a))[0].id, len(ids)) for o in objects] for a in np.asarray(azimuth_deg).reshape(-1)]
-    return torch.tensor(rows, dtype=torch.long).reshape(-1, len(objects))
+    both = torch.tensor([[ids.setdefault(o.id, len(ids)) for o in objects],
+                         [ids.setdefault(o.seen_from_behind.id, len(ids)) for o in objects]])  # [2, K]
+    back = np.atleast_1d(behind(np.asarray(azimuth_deg, dtype=np.float64).reshape(-1)))
+    return both[torch.as_tensor(back).long()]  # as judge.view_label_table names them
 
 
 def _top1(scores: torch.Tensor, target: torch.Tensor, names: torch.Tensor) -> float:
@@ -669,6 +671,7 @@ __all__ = [
     "gaussian_blur",
     "learning_rate",
     "load_views",
+    "look_alike",
     "main",
     "step_generators",
     "train_binder",
