@@ -5,8 +5,9 @@ stage of the pipeline sits beside them. Nothing here imports Prefect, MLflow or 
 ``flows/`` wrap these steps, and every step also runs with a plain :class:`Store`.
 """
 
+from anyto3d.checkpoints import CheckpointManager
 from steps.contract import Step, capture_rng_state, config_subset, restore_rng_state, seed_everything, step
-from steps.store import MANIFEST, STORE_FORMAT, CheckpointManager, Manifest, Store, ensure_writable_dir
+from steps.store import MANIFEST, STORE_FORMAT, Manifest, Store, ensure_writable_dir
 
 __all__ = [
     "MANIFEST",

@@ -9,7 +9,7 @@ is given (``previous``) or on a fresh initial representation:
 * ``dmtet_texture``: the previous DMTet (converted from a NeRF if need be), geometry frozen.
 
 Every phase checkpoints into ``work_dir/<phase>/`` every ``phase.checkpoint_every`` iterations
-and after its last one (:class:`steps.store.CheckpointManager`); a re-run of the same store key
+and after its last one (:class:`anyto3d.checkpoints.CheckpointManager`); a re-run of the same store key
 resumes from the newest checkpoint of the latest phase that has one, so an interrupted run ends
 in exactly the state an uninterrupted one would. Outputs: ``state/`` (:mod:`anyto3d.state_io`),
 ``preview.png`` (4 views) and metrics (each phase's final losses, seconds, iterations, start step).
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from anyto3d.cameras import headlight, orbit_cameras
+from anyto3d.checkpoints import CheckpointManager
 from anyto3d.errors import InputError
 from anyto3d.fields.dmtet import DMTetConfig, DMTetGeometry
 from anyto3d.fields.nerf import CPU_DENSE_NERF, PAPER_NERF, NeRFField, NeRFFieldConfig
@@ -46,7 +47,6 @@ from anyto3d.optimize import (
 from anyto3d.reference_view import ReferenceView, ReferenceViewConfig, reference_camera
 from anyto3d.render.volume import CPU_VOLUME_RENDERER, VolumeRendererConfig
 from anyto3d.state_io import load_state, save_state
-from steps.store import CheckpointManager
 
 STATE_DIR = "state"
 PREVIEW = "preview.png"

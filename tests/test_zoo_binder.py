@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from anyto3d.checkpoints import CheckpointManager
 from anyto3d.errors import InputError, MissingWeightsError
 from anyto3d.modality import AudioPrompt, ImagePrompt, TextPrompt
 from anyto3d.zoo.audio import synthesize
@@ -201,8 +202,8 @@ def test_training_resumes_from_a_checkpoint_to_the_same_weights(data, tmp_path):
     train_binder(data / "train", tmp_path / "straight", steps=6, audio_steps=4, **kw)
     # An interrupted run: the checkpoint after 3 image-text steps, then a rerun to the end.
     train_binder(data / "train", tmp_path / "resumed", steps=3, audio_steps=0, **kw)
-    state = torch.load(tmp_path / "resumed" / "checkpoints" / "binder.pt", weights_only=True)
-    assert (state["phase"], state["step"]) == ("text", 3)
+    order, state = CheckpointManager(tmp_path / "resumed" / "checkpoints", 1, prefix="binder-").latest()
+    assert (order, state["phase"], state["step"]) == (3, "text", 3)
     train_binder(data / "train", tmp_path / "resumed", steps=6, audio_steps=4, **kw)
     a = TinyBinder.from_pretrained(tmp_path / "straight").state_dict()
     b = TinyBinder.from_pretrained(tmp_path / "resumed").state_dict()

@@ -193,6 +193,19 @@ def test_extra_datasets_join_the_judges_training_views(data, tmp_path):
     assert log["n_views"] == len(joined) and log["n_objects"] == 6
 
 
+def test_an_interrupted_judge_resumes_to_the_same_weights(data, tmp_path):
+    kw = dict(seed=1, cfg=SMALL, train=JudgeTrainConfig(batch_size=8, checkpoint_every=2), progress=False)
+    train_judge(data / "train", tmp_path / "straight", steps=4, **kw)
+    train_judge(data / "train", tmp_path / "resumed", steps=2, **kw)  # the run that was cut off
+    files = sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir())
+    assert files == ["judge-0000000002.pt"]
+    log = train_judge(data / "train", tmp_path / "resumed", steps=4, **kw)
+    assert len(log["loss"]) == 2  # only the two missing steps ran
+    a = TinyJudge.from_pretrained(tmp_path / "straight").state_dict()
+    b = TinyJudge.from_pretrained(tmp_path / "resumed").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_save_and_load_round_trip_gives_identical_outputs(trained, tmp_path):
     judge, _ = trained
     judge.save_pretrained(tmp_path / "copy")

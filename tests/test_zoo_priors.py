@@ -14,6 +14,7 @@ from anyto3d.cameras import (
     sample_cameras,
     sample_multiview_cameras,
 )
+from anyto3d.checkpoints import CheckpointManager
 from anyto3d.errors import InputError
 from anyto3d.losses.diffusion import diffusion_loss
 from anyto3d.zoo.dataset import DatasetConfig, render_dataset
@@ -505,7 +506,9 @@ def test_training_resumes_exactly(views_dir, tmp_path):
     )
     assert resumed["resumed_from"] == 2
     # the resumed run's time includes the first run's loop (carried in the checkpoint)
-    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "step-00000002.pt", weights_only=True)
+    step, ckpt = CheckpointManager(tmp_path / "b" / "checkpoints", every=1, prefix="step-").latest()
+    assert step == 4
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "step-0000000002.pt", weights_only=True)["state"]
     assert 0 < ckpt["seconds"] <= first["train_seconds"]
     assert resumed["train_seconds"] >= ckpt["seconds"]
     assert resumed["loss_last"] == pytest.approx(straight["loss_last"], rel=1e-6)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anyto3d.checkpoints import CheckpointManager
 from anyto3d.errors import InputError
 from anyto3d.losses.modality_similarity import random_perspective, warp
 from anyto3d.zoo.audio import synthesize
@@ -199,15 +200,20 @@ def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
-def _save_checkpoint(path: Path, model, optimizer, phase: str, step: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "phase": phase, "step": step}, tmp)
-    tmp.replace(path)
+def _checkpoints(out: Path, name: str, every: int) -> CheckpointManager:
+    """The newest checkpoint of one training run (``<out>/checkpoints/<name>-<order>.pt``)."""
+    return CheckpointManager(out / "checkpoints", every, keep=1, prefix=f"{name}-")
 
 
-def _load_checkpoint(path: Path):
-    return torch.load(path, weights_only=True) if path.exists() else None
+def _save_checkpoint(ckpt: CheckpointManager, model, optimizer, phase: str, step: int, order: int) -> None:
+    """``step`` counts within ``phase``; ``order`` counts across phases, so the newest file is the
+    one to resume (the binder's audio phase follows its image-text one)."""
+    ckpt.save(order, {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "phase": phase, "step": step})
+
+
+def _load_checkpoint(ckpt: CheckpointManager) -> dict | None:
+    latest = ckpt.latest()
+    return None if latest is None else latest[1]
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
@@ -280,7 +286,7 @@ def train_binder(
         raise InputError(f"steps must be >= 1, got {steps}")
     audio_steps = steps if audio_steps is None else audio_steps
     out = Path(out_dir)
-    ckpt_path = out / "checkpoints" / "binder.pt"
+    ckpt = _checkpoints(out, "binder", train.checkpoint_every)
     torch.manual_seed(seed)
     model = TinyBinder(cfg)
     views = load_views(dataset_dir, split)
@@ -290,7 +296,7 @@ def train_binder(
 
     text_params = [p for n, p in model.named_parameters() if not n.startswith(AUDIO_PREFIXES)]
     opt = torch.optim.AdamW(text_params, lr=train.lr, weight_decay=train.weight_decay)
-    state = _load_checkpoint(ckpt_path)
+    state = _load_checkpoint(ckpt)
     phase, start = ("text", 0) if state is None else (state["phase"], state["step"])
     if state is not None:
         model.load_state_dict(state["model"])
@@ -313,12 +319,12 @@ def train_binder(
             opt.step()
             log["loss_text"].append(round(float(loss.detach()), 4))
             bar.update(1)
-            if (step + 1) % train.checkpoint_every == 0 or step + 1 == steps:
-                _save_checkpoint(ckpt_path, model, opt, "text", step + 1)
+            if ckpt.due(step + 1) or step + 1 == steps:
+                _save_checkpoint(ckpt, model, opt, "text", step + 1, step + 1)
         bar.close()
     log["text_seconds"] = round(time.perf_counter() - started, 2)
 
-    train_audio(model, views, per_object, audio_steps, seed, train, ckpt_path, state, log, progress)
+    train_audio(model, views, per_object, audio_steps, seed, train, ckpt, state, log, progress)
     model.freeze().save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log))
     return log
@@ -336,7 +342,7 @@ def object_image_targets(model: TinyBinder, views: Views, per_object: list[np.nd
 
 
 def train_audio(model: TinyBinder, views: Views, per_object: list[np.ndarray], audio_steps: int, seed: int,
-                train: BinderTrainConfig, ckpt_path: Path, state: dict | None, log: dict, progress: bool) -> None:
+                train: BinderTrainConfig, ckpt: CheckpointManager, state: dict | None, log: dict, progress: bool) -> None:
     """Phase 2 (ImageBind): the image tower is frozen; the audio tower learns to land each
     object's clips on that object's image embedding. Resumes from an "audio" checkpoint."""
     started = time.perf_counter()
@@ -363,8 +369,8 @@ def train_audio(model: TinyBinder, views: Views, per_object: list[np.ndarray], a
         opt.step()
         log["loss_audio"].append(round(float(loss.detach()), 4))
         bar.update(1)
-        if (step + 1) % train.checkpoint_every == 0 or step + 1 == audio_steps:
-            _save_checkpoint(ckpt_path, model, opt, "audio", step + 1)
+        if ckpt.due(step + 1) or step + 1 == audio_steps:
+            _save_checkpoint(ckpt, model, opt, "audio", step + 1, log["steps"] + step + 1)
     bar.close()
     log["audio_seconds"] = round(time.perf_counter() - started, 2)
 
@@ -390,7 +396,7 @@ def retrain_audio(binder_dir, dataset_dir, out_dir, audio_steps: int, seed: int 
     if missing or unexpected:
         raise InputError(f"{binder_dir} does not match a binder's image/text towers: missing {missing}, unexpected {unexpected}")
     out = Path(out_dir)
-    ckpt_path = out / "checkpoints" / "binder-audio.pt"
+    ckpt = _checkpoints(out, "binder-audio", train.checkpoint_every)
     views = load_views(dataset_dir, split)
     per_object = [np.flatnonzero(views.object_index == i) for i in range(len(views.objects))]
     log: dict = {"seed": seed, "steps": 0, "audio_steps": audio_steps, "n_views": len(views), "n_objects": len(views.objects),
@@ -399,7 +405,7 @@ def retrain_audio(binder_dir, dataset_dir, out_dir, audio_steps: int, seed: int 
     if previous.is_file():  # the kept towers' own training record, so the binder's totals stay true
         first = json.loads(previous.read_text())
         log.update({k: first[k] for k in ("steps", "text_seconds", "loss_text") if k in first})
-    train_audio(model, views, per_object, audio_steps, seed, train, ckpt_path, _load_checkpoint(ckpt_path), log, progress)
+    train_audio(model, views, per_object, audio_steps, seed, train, ckpt, _load_checkpoint(ckpt), log, progress)
     model.freeze().save_pretrained(out)
     (out / "train_log.json").write_text(json.dumps(log))
     return log
@@ -518,13 +524,13 @@ def train_judge(
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     out = Path(out_dir)
-    ckpt_path = out / "checkpoints" / "judge.pt"
+    ckpt = _checkpoints(out, "judge", train.checkpoint_every)
     torch.manual_seed(seed)
     model = TinyJudge(cfg)
     views = concat_views([load_views(dataset_dir, split), *(load_views(d, "train") for d in extra_data)])
     labels = view_labels(views.view_objects(), views.azimuth_deg)
     opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    state = _load_checkpoint(ckpt_path)
+    state = _load_checkpoint(ckpt)
     start = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -547,8 +553,8 @@ def train_judge(
         opt.step()
         log["loss"].append(round(float(loss.detach()), 4))
         bar.update(1)
-        if (step + 1) % train.checkpoint_every == 0 or step + 1 == steps:
-            _save_checkpoint(ckpt_path, model, opt, "judge", step + 1)
+        if ckpt.due(step + 1) or step + 1 == steps:
+            _save_checkpoint(ckpt, model, opt, "judge", step + 1, step + 1)
     bar.close()
     log["seconds"] = round(time.perf_counter() - started, 2)
     model.eval().requires_grad_(False)

@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from anyto3d.cameras import relative_camera
+from anyto3d.checkpoints import CheckpointManager
 from anyto3d.errors import InputError
 from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
 from anyto3d.losses.diffusion import diffusion_loss, drop_condition
@@ -106,37 +107,8 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints and EMA
+# EMA (checkpoints: anyto3d.checkpoints)
 # ---------------------------------------------------------------------------------------------
-
-
-class CheckpointManager:
-    """``step-########.pt`` files in one directory; atomic writes, newest resumed, oldest pruned."""
-
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        self.directory = Path(directory)
-        self.keep = max(1, int(keep))
-
-    def paths(self) -> list[Path]:
-        return sorted(self.directory.glob("step-*.pt"))
-
-    def save(self, step: int, state: dict) -> Path:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"step-{step:08d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        for old in self.paths()[: -self.keep]:
-            old.unlink(missing_ok=True)
-        return path
-
-    def latest(self) -> dict | None:
-        paths = self.paths()
-        return (
-            torch.load(paths[-1], map_location="cpu", weights_only=True)
-            if paths
-            else None
-        )
 
 
 class EMA:
@@ -196,10 +168,11 @@ def fit(
     torch.manual_seed(
         seed
     )  # the global RNG drives in-network dropout (UNet3D's temporal convolutions)
-    ckpt = CheckpointManager(Path(out_dir) / "checkpoints", cfg.keep_checkpoints)
+    ckpt = CheckpointManager(Path(out_dir) / "checkpoints", cfg.checkpoint_every, cfg.keep_checkpoints, prefix="step-")
     losses: list[float] = []
     start, earlier = 0, 0.0
-    state = ckpt.latest()
+    latest = ckpt.latest()
+    state = None if latest is None else latest[1]
     if state is not None:
         if int(state["seed"]) != seed:
             raise InputError(
@@ -212,7 +185,7 @@ def fit(
         gen.set_state(state["generator"])
         torch.set_rng_state(state["global_rng"])
         losses = state["losses"].tolist()
-        start = int(state["step"])
+        start = int(latest[0])
         earlier = float(state.get("seconds", 0.0))  # absent in checkpoints older than the field
     module.train()
     loop_start = time.perf_counter()
@@ -246,11 +219,10 @@ def fit(
         if cfg.progress and step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1
-        if done % cfg.checkpoint_every == 0 or done == steps:
+        if ckpt.due(done) or done == steps:
             ckpt.save(
                 done,
                 {
-                    "step": done,
                     "seed": seed,
                     "model": {
                         k: v.detach().clone()
@@ -895,7 +867,6 @@ def main(argv: list[str] | None = None) -> dict:
 __all__ = [
     "EMA",
     "KINDS",
-    "CheckpointManager",
     "TrainConfig",
     "encode_all",
     "fit",
