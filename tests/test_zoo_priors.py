@@ -36,6 +36,7 @@ from anyto3d.zoo.train_priors import (
     _pick_from_groups,
     _pick_reference,
     load_view_images,
+    lr_factor,
     make_loss_fn,
     reconstruction_error,
     same_lens_groups,
@@ -491,6 +492,28 @@ def test_framed_only_trains_on_views_that_show_the_whole_object(kind, views_dir,
         assert (drawn.reshape(-1, 4) // 4 == drawn.reshape(-1, 4)[:, :1] // 4).all()
     every, _ = _drawn_rows(kind, views_dir, False, monkeypatch)
     assert not framed[every].all()  # by default the close-ups are trained on too
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_while_constant_stays_flat():
+    cosine = TrainConfig(lr_schedule="cosine", warmup_steps=10)
+    f = [lr_factor(s, 110, cosine) for s in range(110)]
+    assert f[0] == pytest.approx(0.1) and f[9] == 1.0
+    assert f[60] == pytest.approx(0.5)  # half way through the 100 decay steps
+    assert f[-1] == pytest.approx(0.0, abs=1e-3)
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    constant = [lr_factor(s, 110, TrainConfig(warmup_steps=10)) for s in range(110)]
+    assert constant[:10] == pytest.approx(f[:10]) and set(constant[9:]) == {1.0}
+    with pytest.raises(InputError, match="lr_schedule"):
+        lr_factor(0, 10, TrainConfig(lr_schedule="linear"))
+
+
+@pytest.mark.parametrize("schedule, last_lr", [("constant", 4e-4), ("cosine", 0.0)])
+def test_the_training_loop_follows_the_schedule(schedule, last_lr, views_dir, tmp_path):
+    cfg = TrainConfig(batch_size=4, warmup_steps=2, lr_schedule=schedule, sheet_steps=0, progress=False)
+    metrics = train_prior("prior2d", views_dir, tmp_path, 6, seed=0, preset="test", cfg=cfg)
+    assert metrics["lr_schedule"] == schedule
+    _, state = CheckpointManager(tmp_path / "checkpoints", 1, prefix="step-").latest()
+    assert state["scheduler"]["_last_lr"][0] == pytest.approx(last_lr, abs=1e-12)
 
 
 def test_training_resumes_exactly(views_dir, tmp_path):

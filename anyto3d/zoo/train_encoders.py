@@ -61,6 +61,7 @@ from anyto3d.zoo.judge import (
     judge_loss,
     view_labels,
 )
+from anyto3d.zoo.schedule import learning_rate
 from anyto3d.zoo.world import FACINGS, WorldObject, behind, stable_rank
 
 SPLITS = ("train", "heldout", "all")
@@ -190,14 +191,6 @@ def augment_images(rgb: torch.Tensor, generator: torch.Generator, cfg: AugmentCo
 # ---------------------------------------------------------------------------------------------
 # Checkpoints and schedules
 # ---------------------------------------------------------------------------------------------
-
-
-def learning_rate(step: int, total: int, peak: float, warmup: int = 50) -> float:
-    """Linear warm-up, then cosine decay to 10 % of ``peak`` (a function of the step: resumable)."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = (step - warmup) / max(total - warmup, 1)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 def _checkpoints(out: Path, name: str, every: int) -> CheckpointManager:

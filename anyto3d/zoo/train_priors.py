@@ -73,6 +73,7 @@ from anyto3d.zoo.priors import (
     build_tiny_vae,
     load_tiny_vae,
 )
+from anyto3d.zoo.schedule import learning_rate
 
 KINDS = (*PRIOR_CLASSES, "vae")
 
@@ -83,6 +84,9 @@ class TrainConfig:
 
     batch_size: int = 64
     lr: float = 4e-4
+    # "constant" after warm-up (the published recipes), or "cosine": down to zero at the last step,
+    # so a run that is still improving when its step budget ends settles instead of stopping mid-stride
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     warmup_steps: int = 50
     grad_clip: float = 1.0
@@ -134,6 +138,16 @@ class EMA:
         self.updates = int(state["updates"])
 
 
+def lr_factor(step: int, steps: int, cfg: TrainConfig) -> float:
+    """Multiplier of ``cfg.lr`` at ``step`` (0-based) of ``steps``: the warm-up, then constant or a
+    half cosine to zero at the last step (``cfg.lr_schedule``)."""
+    if cfg.lr_schedule == "constant":
+        return min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    if cfg.lr_schedule == "cosine":
+        return learning_rate(step, steps, 1.0, max(1, cfg.warmup_steps), floor=0.0)
+    raise InputError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose constant or cosine")
+
+
 def _trainable(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in module.named_parameters() if p.requires_grad}
 
@@ -160,9 +174,7 @@ def fit(
         raise InputError(f"steps must be >= 1, got {steps}")
     params = _trainable(module)
     opt = torch.optim.AdamW(params.values(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps))
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg))
     ema = EMA(params, cfg.ema_decay)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(
@@ -694,6 +706,7 @@ def train_prior(
         "preset": preset,
         "latent": vae is not None,
         "batch_size": cfg.batch_size,
+        "lr_schedule": cfg.lr_schedule,
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in _trainable(prior).values()),
         "steps_per_s": result["steps_per_s"],
