@@ -9,6 +9,7 @@ the step store stays light to import.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -75,7 +76,10 @@ class CheckpointManager:
         """Checkpoint files, newest first."""
         if not self.dir.is_dir():
             return []
-        return sorted(self.dir.glob(f"{self.prefix}*{self.SUFFIX}"), reverse=True)
+        name = re.compile(re.escape(self.prefix) + r"\d{10}" + re.escape(self.SUFFIX))
+        # exactly <prefix><10 digits>.pt: another run's prefix that starts with this one
+        # ("binder-" and "binder-audio-") is not ours
+        return sorted((p for p in self.dir.glob(f"{self.prefix}*{self.SUFFIX}") if name.fullmatch(p.name)), reverse=True)
 
 
 def check_weights_only(obj: Any, where: str) -> None:

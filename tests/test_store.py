@@ -487,6 +487,19 @@ def test_checkpoint_manager_keeps_the_newest_and_skips_unreadable_files(tmp_path
         CheckpointManager(tmp_path, every=0)
 
 
+def test_runs_sharing_a_directory_see_only_their_own_checkpoints(tmp_path):
+    binder = CheckpointManager(tmp_path, every=1, keep=1, prefix="binder-")
+    audio = CheckpointManager(tmp_path, every=1, keep=1, prefix="binder-audio-")
+    binder.save(3, {"run": "binder"})
+    audio.save(9, {"run": "audio"})  # sorts after binder's files, and its name starts with "binder-"
+    assert binder.latest() == (3, {"run": "binder"})
+    assert audio.latest() == (9, {"run": "audio"})
+    binder.save(4, {"run": "binder"})  # pruning keep=1 leaves the other run's file alone
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["binder-0000000004.pt", "binder-audio-0000000009.pt"]
+    with pytest.raises(InputError, match="prefix"):
+        CheckpointManager(tmp_path, every=1, prefix="a/b-")
+
+
 def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     import random
 
