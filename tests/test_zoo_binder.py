@@ -23,8 +23,10 @@ from anyto3d.zoo.dataset import TINY, render_dataset
 from anyto3d.zoo.splits import is_heldout
 from anyto3d.zoo.train_encoders import (
     BinderTrainConfig,
+    _distinct_batch,
     _top1,
     augment_images,
+    concat_views,
     evaluate_binder,
     gaussian_blur,
     load_views,
@@ -194,6 +196,33 @@ def test_save_and_load_round_trip_gives_identical_outputs(trained, tmp_path):
     assert not any(p.requires_grad for p in b.parameters())
     with pytest.raises(MissingWeightsError, match="model.safetensors"):
         TinyBinder.from_pretrained(tmp_path / "nothing")
+
+
+EXTRA_IDS = ("cone-red.on.cube-blue", "cube-blue.on.cylinder-red", "sphere-green.left_of.cube-yellow",
+             "cube-orange.in_front_of.cylinder-green")
+
+
+def test_extra_datasets_fill_their_share_of_the_image_text_batches_only(data, tmp_path, monkeypatch):
+    import anyto3d.zoo.train_encoders as te
+
+    render_dataset([WorldObject.from_id(i) for i in EXTRA_IDS], 8, tmp_path / "extra" / "train", cfg=TINY, seed=3)
+    joined = concat_views([load_views(data / "train", "train"), load_views(tmp_path / "extra" / "train", "train")])
+    per_object = [np.flatnonzero(joined.object_index == i) for i in range(len(joined.objects))]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        objs, rows = _distinct_batch(joined, per_object, 6, g, extra_from=len(TRAIN_IDS), extra_share=0.5)
+        assert len(set(objs)) == 6 and sum(o >= len(TRAIN_IDS) for o in objs) == 3
+        assert all(joined.object_index[r] == o for o, r in zip(objs, rows))
+    drawn, banked = [], []
+    real_captions, real_bank = te._captions_for, te.audio_bank
+    monkeypatch.setattr(te, "_captions_for", lambda v, objs, *a: drawn.extend(v.objects[o].id for o in objs) or real_captions(v, objs, *a))
+    monkeypatch.setattr(te, "audio_bank", lambda objects, *a: banked.extend(o.id for o in objects) or real_bank(objects, *a))
+    train = BinderTrainConfig(batch_size=4, clips_per_object=2, extra_share=0.5)
+    log = train_binder(data / "train", tmp_path / "b", steps=3, audio_steps=1, seed=0, cfg=TEST_BINDER, train=train,
+                       progress=False, extra_data=(tmp_path / "extra" / "train",))
+    assert log["n_extra_objects"] == 4 and log["n_extra_views"] == 32
+    assert sum(i in EXTRA_IDS for i in drawn) == len(drawn) // 2 == 6  # 3 batches of 2 + 2
+    assert sorted(banked) == sorted(TRAIN_IDS)  # the audio tower learns the split's own objects
 
 
 def test_training_resumes_from_a_checkpoint_to_the_same_weights(data, tmp_path):

@@ -215,10 +215,20 @@ def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, mininterval=2.0)
 
 
-def _distinct_batch(views: Views, per_object: list[np.ndarray], batch: int, g: torch.Generator):
-    """``batch`` distinct objects (fewer if the split has fewer) and one random view of each."""
+def _distinct_batch(views: Views, per_object: list[np.ndarray], batch: int, g: torch.Generator,
+                    extra_from: int | None = None, extra_share: float = 0.0):
+    """``batch`` distinct objects (fewer if the split has fewer) and one random view of each.
+
+    With ``extra_from`` (the first object index of joined extra datasets), ``extra_share`` of the
+    objects come from the extra ones and the rest from the base split, whatever their counts."""
     n_obj = len(views.objects)
-    objs = torch.randperm(n_obj, generator=g)[: min(batch, n_obj)].tolist()
+    if extra_from is None:
+        objs = torch.randperm(n_obj, generator=g)[: min(batch, n_obj)].tolist()
+    else:
+        n_extra = min(round(batch * extra_share), n_obj - extra_from)
+        base = torch.randperm(extra_from, generator=g)[: min(batch - n_extra, extra_from)]
+        extra = extra_from + torch.randperm(n_obj - extra_from, generator=g)[:n_extra]
+        objs = torch.cat([base, extra]).tolist()
     picks = torch.rand(len(objs), generator=g)
     rows = [int(per_object[o][int(p * len(per_object[o]))]) for o, p in zip(objs, picks)]
     return objs, rows
@@ -239,6 +249,9 @@ class BinderTrainConfig:
     clips_per_object: int = 16
     checkpoint_every: int = 200
     augment: AugmentConfig = AugmentConfig()
+    # with extra datasets (train_binder's extra_data): the share of each image-text batch's objects
+    # drawn from them — the judge's 1,489 extra compositions would otherwise crowd out the singles
+    extra_share: float = 0.5
 
 
 def audio_bank(objects: list[WorldObject], clips_per_object: int, seed: int, binder: TinyBinder) -> torch.Tensor:
@@ -272,9 +285,14 @@ def train_binder(
     train: BinderTrainConfig = BinderTrainConfig(),
     split: str = "train",
     progress: bool = True,
+    extra_data: tuple = (),
 ) -> dict:
     """Train the binder (image–text for ``steps``, then audio for ``audio_steps``, default
-    ``steps``) on ``split`` of ``dataset_dir``; save it to ``out_dir``; return the training log."""
+    ``steps``) on ``split`` of ``dataset_dir``; save it to ``out_dir``; return the training log.
+
+    ``extra_data``: rendered datasets whose train splits join the image–text phase only
+    (``train.extra_share`` of each batch; e.g. the judge's compositions). The audio tower still
+    learns the split's objects, whose clips are the ones synthesised."""
     if steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     audio_steps = steps if audio_steps is None else audio_steps
@@ -286,6 +304,13 @@ def train_binder(
     per_object = [np.flatnonzero(views.object_index == i) for i in range(len(views.objects))]
     log: dict = {"seed": seed, "steps": steps, "audio_steps": audio_steps, "n_views": len(views),
                  "n_objects": len(views.objects), "loss_text": [], "loss_audio": []}  # fmt: skip
+    text_views, text_per_object, extra_from = views, per_object, None
+    if extra_data:
+        text_views = concat_views([views, *(load_views(d, "train") for d in extra_data)])
+        text_per_object = [np.flatnonzero(text_views.object_index == i) for i in range(len(text_views.objects))]
+        extra_from = len(views.objects)
+        log.update(n_extra_views=len(text_views) - len(views), n_extra_objects=len(text_views.objects) - extra_from,
+                   extra_share=train.extra_share)  # fmt: skip
 
     text_params = [p for n, p in model.named_parameters() if not n.startswith(AUDIO_PREFIXES)]
     opt = torch.optim.AdamW(text_params, lr=train.lr, weight_decay=train.weight_decay)
@@ -301,9 +326,9 @@ def train_binder(
         bar = _progress(steps, "binder image-text", progress, start)
         for step in range(start, steps):
             g, rng = step_generators(seed, step)
-            objs, rows = _distinct_batch(views, per_object, train.batch_size, g)
-            images = augment_images(views.rgb[rows], g, train.augment)
-            texts = _captions_for(views, objs, rows, rng, train.view_suffix)
+            objs, rows = _distinct_batch(text_views, text_per_object, train.batch_size, g, extra_from, train.extra_share)
+            images = augment_images(text_views.rgb[rows], g, train.augment)
+            texts = _captions_for(text_views, objs, rows, rng, train.view_suffix)
             for group in opt.param_groups:
                 group["lr"] = learning_rate(step, steps, train.lr)
             loss = contrastive_loss(model.image_features(images), model.text_features(texts), model.logit_scale("text"))
@@ -621,7 +646,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--audio-only-from", default=None, metavar="BINDER_DIR",
                         help="binder only: keep this binder's image and text towers, train a new audio tower")
     parser.add_argument("--extra-data", action="append", default=[],
-                        help="judge only: another rendered dataset whose train split is added (repeatable)")
+                        help="another rendered dataset whose train split is added (repeatable); for the binder, "
+                        "to its image-text phase only")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -634,7 +660,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 0 if args.seed is None else args.seed, cfg, train, progress=not args.no_progress)  # fmt: skip
         else:
             log = train_binder(args.data, args.out, args.steps, 0 if args.seed is None else args.seed, args.audio_steps,
-                               TEST_BINDER if args.preset == "test" else BinderConfig(), train, progress=not args.no_progress)  # fmt: skip
+                               TEST_BINDER if args.preset == "test" else BinderConfig(), train, progress=not args.no_progress,
+                               extra_data=tuple(args.extra_data))  # fmt: skip
         metrics = evaluate_binder(TinyBinder.from_pretrained(args.out), eval_data)
         metrics["train_seconds"] = log["text_seconds"] + log["audio_seconds"]
     else:
