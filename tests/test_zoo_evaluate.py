@@ -202,6 +202,10 @@ def test_evaluate_zoo_structure_on_the_test_zoo(tmp_path, monkeypatch):
     # each prior's ceiling: the judge on ground-truth renders of the same requests
     assert {"shape", "color", "facing", "all"} <= set(p["novelview"]["truth"])
     assert {"shape", "color", "all"} <= set(p["prior2d"]["truth"])
+    for kind in ("prior2d", "novelview"):  # every held-out object here is single: the split is the whole
+        singles = p[kind]["singles"]
+        assert singles["n"] == p[kind]["n"] and singles["all"] == p[kind]["all"]
+        assert singles["truth"]["all"] == p[kind]["truth"]["all"]
     assert {"groups", "views"} <= set(p["multiview"]["truth"])
     assert {"object", "motion", "score"} <= set(p["video"])
     assert metrics["motion_classifier"]["heldout_clips"]["n"] == 5

@@ -398,6 +398,23 @@ def judge_samples(
     return scores
 
 
+def _scores_with_singles(samples, truth, targets: dict, objects: list[WorldObject], classifier) -> dict:
+    """:func:`judge_samples` of the samples and of the true views (``"truth"``), and the same for
+    the single objects apart (``"singles"``): the judge reads a composition's subject far less
+    surely, and the binder's text embedding of an unseen composition carries its colours poorly."""
+    scores = judge_samples(samples, targets, classifier)
+    scores["truth"] = judge_samples(truth, targets, classifier)
+    single = torch.tensor([o.kind != "composition" for o in objects])
+    if bool(single.any()):
+        sub = {k: v[single] for k, v in targets.items()}
+        scores["singles"] = {
+            **judge_samples(samples[single], sub, classifier),
+            "truth": judge_samples(truth[single], sub, classifier),
+            "n": int(single.sum()),
+        }
+    return scores
+
+
 def _sample(prior, cond, cfg: EvalConfig, offset: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + offset)
     return prior.sample(cond, guidance_scale=cfg.guidance_scale, steps=cfg.steps, generator=gen)
@@ -421,11 +438,10 @@ def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict,
     captions = [canonical_caption(o) for o in objects]
     cond = prior.build_condition(binder.embed_texts(captions))
     samples = _sample(prior, cond, cfg, 1)
-    scores = judge_samples(samples, _labels(objects), _judge_classifier(judge))
     index_of = {o.id: i for i, o in enumerate(data.objects)}
     truth_rows = [_frontal_view(data, index_of[o.id]) for o in objects]
     truth = renderer_to_prior(_view_rgb(data, truth_rows))
-    scores["truth"] = judge_samples(truth, _labels(objects), _judge_classifier(judge))
+    scores = _scores_with_singles(samples, truth, _labels(objects), objects, _judge_classifier(judge))
     scores.update(score=scores["all"], n=len(objects))
     return scores, samples, [{"object": o.id, "caption": c} for o, c in zip(objects, captions)]
 
@@ -490,17 +506,7 @@ def evaluate_novelview(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dic
     targets = _seen_labels(objects, (ref_az[:, None] + asked).reshape(-1))
     expected = targets["facing"].view(-1, 2)
     truth_views = renderer_to_prior(true_novel_views(objects, data, np.repeat(rows, 2), asked.reshape(-1)))
-    scores = judge_samples(samples, targets, _judge_classifier(judge))
-    scores["truth"] = judge_samples(truth_views, targets, _judge_classifier(judge))
-    # single objects apart: the judge reads a composition's subject far less surely (see "truth")
-    single = torch.tensor([o.kind != "composition" for o in objects])
-    if bool(single.any()):
-        sub = {k: v[single] for k, v in targets.items()}
-        scores["singles"] = {
-            **judge_samples(samples[single], sub, _judge_classifier(judge)),
-            "truth": judge_samples(truth_views[single], sub, _judge_classifier(judge)),
-            "n": int(single.sum()),
-        }
+    scores = _scores_with_singles(samples, truth_views, targets, objects, _judge_classifier(judge))
     scores.update(score=scores["all"], n=len(objects))
     meta = [
         {"object": o.id, "reference_azimuth_deg": round(float(a), 1), "asked_delta_azimuth_deg": [float(x) for x in d],
