@@ -163,6 +163,10 @@ def test_tiny_training_retrieves_text_and_audio_well_above_chance(trained, data)
     rows = np.arange(len(best))
     right = names[rows, best] == names[rows, views.object_index[keep]]
     assert metrics["framed"]["text_to_image"] == pytest.approx(float(right.float().mean()))
+    # every object here is single: that subset is the whole split, and there is no composition one
+    assert metrics["singles"]["n_views"] == len(views) and "compositions" not in metrics
+    assert metrics["singles"]["text_to_image"] == metrics["text_to_image"]
+    assert metrics["singles"]["audio_to_image"] == metrics["audio_to_image"]
 
 
 def test_audio_tower_tells_two_colours_notes_apart(trained, data):

@@ -458,7 +458,9 @@ def evaluate_binder(binder: TinyBinder, dataset_dir, split: str = "heldout", see
     * ``audio_to_image`` / ``audio_query``: the same with one synthesised clip per object
       (clips seeded by ``seed``, never the training bank's seeds).
     * ``framed``: ``text_to_image`` and ``audio_to_image`` again over the renders that show the
-      whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`), as the judge reports them.
+      whole object (:func:`~anyto3d.zoo.dataset.whole_in_frame`), as the judge reports them;
+      ``singles`` and ``compositions``: the same over the renders of each kind of object
+      (a subset is left out when the split has none of it).
     """
     views = load_views(dataset_dir, split)
     target = torch.as_tensor(views.object_index)
@@ -477,9 +479,12 @@ def evaluate_binder(binder: TinyBinder, dataset_dir, split: str = "heldout", see
         "n_views": len(views),
         "n_objects": len(views.objects),
     }
-    if views.framed is not None and bool(views.framed.any()):
-        keep = torch.as_tensor(views.framed)
-        out["framed"] = {"text_to_image": _top1(img[keep] @ txt.T, target[keep], names[keep]),
+    single = torch.tensor([o.kind != "composition" for o in views.view_objects()])
+    subsets = {"framed": None if views.framed is None else torch.as_tensor(views.framed),
+               "singles": single, "compositions": ~single}  # fmt: skip
+    for name, keep in subsets.items():
+        if keep is not None and bool(keep.any()):
+            out[name] = {"text_to_image": _top1(img[keep] @ txt.T, target[keep], names[keep]),
                          "audio_to_image": _top1(img[keep] @ aud.T, target[keep], names[keep]),
                          "n_views": int(keep.sum())}  # fmt: skip
     return out
