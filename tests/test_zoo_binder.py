@@ -211,7 +211,7 @@ def test_extra_datasets_fill_their_share_of_the_image_text_batches_only(data, tm
 
     render_dataset([WorldObject.from_id(i) for i in EXTRA_IDS], 8, tmp_path / "extra" / "train", cfg=TINY, seed=3)
     joined = concat_views([load_views(data / "train", "train"), load_views(tmp_path / "extra" / "train", "train")])
-    per_object = [np.flatnonzero(joined.object_index == i) for i in range(len(joined.objects))]
+    per_object = joined.rows_per_object()
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         objs, rows = _distinct_batch(joined, per_object, 6, g, extra_from=len(TRAIN_IDS), extra_share=0.5)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -88,6 +87,10 @@ class Views:
 
     def view_objects(self) -> list[WorldObject]:
         return [self.objects[i] for i in self.object_index]
+
+    def rows_per_object(self) -> list[np.ndarray]:
+        """The view rows of each object, in ``objects`` order."""
+        return [np.flatnonzero(self.object_index == i) for i in range(len(self.objects))]
 
 
 def load_views(dataset_dir, split: str = "train") -> Views:
@@ -301,13 +304,13 @@ def train_binder(
     torch.manual_seed(seed)
     model = TinyBinder(cfg)
     views = load_views(dataset_dir, split)
-    per_object = [np.flatnonzero(views.object_index == i) for i in range(len(views.objects))]
+    per_object = views.rows_per_object()
     log: dict = {"seed": seed, "steps": steps, "audio_steps": audio_steps, "n_views": len(views),
                  "n_objects": len(views.objects), "loss_text": [], "loss_audio": []}  # fmt: skip
     text_views, text_per_object, extra_from = views, per_object, None
     if extra_data:
         text_views = concat_views([views, *(load_views(d, "train") for d in extra_data)])
-        text_per_object = [np.flatnonzero(text_views.object_index == i) for i in range(len(text_views.objects))]
+        text_per_object = text_views.rows_per_object()
         extra_from = len(views.objects)
         log.update(n_extra_views=len(text_views) - len(views), n_extra_objects=len(text_views.objects) - extra_from,
                    extra_share=train.extra_share)  # fmt: skip
@@ -416,7 +419,7 @@ def retrain_audio(binder_dir, dataset_dir, out_dir, audio_steps: int, seed: int 
     out = Path(out_dir)
     ckpt = _checkpoints(out, "binder-audio", train.checkpoint_every)
     views = load_views(dataset_dir, split)
-    per_object = [np.flatnonzero(views.object_index == i) for i in range(len(views.objects))]
+    per_object = views.rows_per_object()
     log: dict = {"seed": seed, "steps": 0, "audio_steps": audio_steps, "n_views": len(views), "n_objects": len(views.objects),
                  "loss_text": [], "loss_audio": [], "text_seconds": 0.0, "audio_only": True}  # fmt: skip
     previous = Path(binder_dir) / "train_log.json"
