@@ -207,6 +207,37 @@ def test_fresh_priors_read_the_embedding_at_unit_rms_and_old_configs_do_not(kind
     torch.testing.assert_close(old.embedding_input(unit, torch.float32), unit)
 
 
+@pytest.mark.parametrize("kind", ["prior2d", "novelview", "multiview"])
+def test_scale_shift_conditions_resblocks_by_film_and_round_trips(kind, tmp_path):
+    cls, case = CASES[kind]
+    prior = _randomise(cls.build_tiny("test", time_scale_shift=True))
+    resnet = prior.unet.down_blocks[0].resnets[0]
+    # FiLM: the embedding gives a scale and a shift per channel, twice the channels of the block
+    assert resnet.time_emb_proj.out_features == 2 * resnet.conv1.out_channels
+    z, cond, other_cond = case(prior)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        eps = prior.predict_noise(z, t, cond)
+        assert (prior.predict_noise(z, t, other_cond()) - eps).abs().max() > 1e-3
+    prior.save_pretrained(tmp_path / kind)
+    loaded = load_tiny_prior(tmp_path / kind)
+    assert loaded.config.time_scale_shift
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict_noise(z, t, cond), eps, atol=0, rtol=0)
+    # weights saved before the field existed load with the additive embedding they were trained with
+    cfg_path = tmp_path / kind / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["time_scale_shift"]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(RuntimeError, match="time_emb_proj"):
+        load_tiny_prior(tmp_path / kind)  # the additive UNet's projections are half the size
+
+
+def test_scale_shift_is_refused_where_it_does_not_exist():
+    with pytest.raises(InputError, match="UNet3DConditionModel"):
+        TinyVideoPrior.build_tiny("test", time_scale_shift=True)
+
+
 def test_novel_view_pairs_share_object_and_lens():
     objects = np.array([0, 0, 0, 0, 1, 1, 0])
     fovy = np.radians([40.0, 40.0, 30.0, 30.0, 40.0, 40.0, 40.00001])

@@ -40,6 +40,11 @@ def make_schedule(kind: str, num_timesteps: int) -> NoiseSchedule:
     raise InputError(f"noise schedule {kind!r} is not 'cosine' or 'linear'")
 
 
+def resnet_time_scale_shift(film: bool) -> str:
+    """diffusers' name for how the time embedding enters a ResBlock."""
+    return "scale_shift" if film else "default"
+
+
 @dataclass
 class PixelPriorConfig:
     """Architecture and schedule of a :class:`PixelDiffusionPrior`.
@@ -60,6 +65,9 @@ class PixelPriorConfig:
     num_timesteps: int = 1000
     schedule: Literal["cosine", "linear"] = "cosine"
     prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # True: the time (+ condition) embedding scales and shifts each ResBlock's normalised
+    # features (FiLM, diffusers' resnet_time_scale_shift="scale_shift") instead of being added
+    time_scale_shift: bool = False
 
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -119,6 +127,7 @@ class PixelDiffusionPrior(Prior):
             norm_num_groups=config.norm_num_groups,
             attention_head_dim=config.attention_head_dim,
             class_embed_type="identity",
+            resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
         )
         width = config.block_out_channels[0] * 4  # UNet2DModel's time-embedding width
         self.embedding_proj = nn.Sequential(

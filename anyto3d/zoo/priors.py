@@ -65,6 +65,7 @@ from anyto3d.priors.pixel import (
     PixelDiffusionPrior,
     PixelPriorConfig,
     make_schedule,
+    resnet_time_scale_shift,
 )
 from anyto3d.priors.sampling import ddim_sample
 
@@ -232,6 +233,10 @@ class TinyUNetConfig:
     # shape, even for training objects (measured). False only for weights saved before the
     # field existed.
     scale_embedding: bool = False
+    # True: the time embedding (which carries the condition) scales and shifts each ResNet
+    # block's normalised features (FiLM) instead of being added to them. Not for the video
+    # prior: UNet3DConditionModel has no such option.
+    time_scale_shift: bool = False
 
     def __post_init__(self):
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
@@ -563,9 +568,6 @@ class TinyNovelViewConfig(TinyUNetConfig):
     # error moved by 3 % between the asked turn and none (60 % with its own MLP): it copied the
     # reference (measured, MODEL_CARD).
     camera_harmonics: int = 0
-    # True: the time embedding (which carries camera and embedding) scales and shifts each
-    # ResNet block's normalised features (FiLM) instead of being added to them.
-    time_scale_shift: bool = False
 
 
 class TinyNovelViewPrior(TinyPriorMixin, Prior):
@@ -614,7 +616,7 @@ class TinyNovelViewPrior(TinyPriorMixin, Prior):
             norm_num_groups=config.norm_num_groups,
             attention_head_dim=config.attention_head_dim,
             class_embed_type="identity",
-            resnet_time_scale_shift="scale_shift" if config.time_scale_shift else "default",
+            resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
         )
         width = config.block_out_channels[0] * 4
 
@@ -782,6 +784,7 @@ class TinyMultiViewPrior(TinyPriorMixin, Prior):
             use_linear_projection=True,
             class_embed_type="projection",
             projection_class_embeddings_input_dim=MULTIVIEW_CAMERA_DIM,
+            resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
         )
         install_multiview_attention(self.unet)
         self.context_proj = nn.Linear(
@@ -867,6 +870,11 @@ class TinyVideoConfig(TinyUNetConfig):
     num_frames: int = 8
     context_tokens: int = 4
     cross_attention_dim: int = 64
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.time_scale_shift:
+            raise InputError("the video prior's UNet3DConditionModel has no time_scale_shift (FiLM) option")
 
 
 class TinyVideoPrior(TinyPriorMixin, Prior):
