@@ -161,7 +161,7 @@ def score_tiny(views: Views, prompt: dict, encoded: Path, suite: tuple[list[dict
     from anyto3d.metrics.semantic import arcc, clip_i, r_precision_from_scores
     from anyto3d.zoo.binder import TinyBinder
     from anyto3d.zoo.build import model_dir
-    from anyto3d.zoo.judge import TinyJudge
+    from anyto3d.zoo.judge import TinyJudge, look_alike
     from anyto3d.zoo.world import single_objects
 
     judge = TinyJudge.from_pretrained(model_dir("judge", models_dir)).to(device)
@@ -186,8 +186,10 @@ def score_tiny(views: Views, prompt: dict, encoded: Path, suite: tuple[list[dict
                 candidates = candidates + [target]
             index = candidates.index(target)
     if candidates is not None:
-        scores = judge.clip_like(images, candidates, torch.rad2deg(views.cameras.azimuth).cpu().numpy())
-        out["clip_r"] = r_precision_from_scores(scores, index)
+        azimuth = torch.rad2deg(views.cameras.azimuth).cpu().numpy()
+        scores = judge.clip_like(images, candidates, azimuth)
+        names = look_alike(candidates, azimuth)  # a candidate that makes the target's picture is no rival
+        out["clip_r"] = r_precision_from_scores(scores, index, alike=names == names[:, index : index + 1])
         out["clip_r_candidates"] = len(candidates)
         out["target"] = target.id
 

@@ -15,9 +15,11 @@ from anyto3d.images import to_uint8
 from anyto3d.models import TINY_DIRS
 from anyto3d.render.mesh_renderer import MeshRenderer
 from anyto3d.zoo.audio import SAMPLE_RATE, synthesize
+from anyto3d.zoo.build import model_dir
 from anyto3d.zoo.captions import canonical_caption
 from anyto3d.zoo.fixtures import build_test_zoo
-from anyto3d.zoo.world import WorldObject
+from anyto3d.zoo.judge import TinyJudge
+from anyto3d.zoo.world import WorldObject, behind
 from steps.evaluate import STEP, is_uniform_orbit, load_views
 
 torch.set_num_threads(1)
@@ -97,6 +99,32 @@ def test_text_prompt_without_suite_retrieves_among_the_world(world, tmp_path):
     for absent in ("clip_i", "arcc", "geometry_iou", "chamfer"):
         assert absent not in m
     assert "binder" not in m["encoder"]
+
+
+def test_clip_r_does_not_count_a_look_alike_from_behind_as_a_rival(world, tmp_path):
+    """From behind, a cube with one marked face is the plain cube of its colour: the judge gives
+    both the same score (any weights), which the strict tie rule used to count as a miss."""
+    marked, plain = WorldObject.from_id("marked_cube-green"), WorldObject.from_id("cube-green")
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"prompts": [{"label": o.id, "text": canonical_caption(o), "image": None, "audio": None}
+                                             for o in (marked, plain)], "index": 0}))
+    encoded = tmp_path / "encoded"
+    encoded.mkdir()
+    (encoded / "prompt.json").write_text(json.dumps({"parts": [{"modality": "text", "weight": 1.0,
+                                                                 "text": canonical_caption(marked)}]}))
+    m = STEP.run({"views": world["views"], "encoded": encoded, "suite": suite}, world["cfg"], tmp_path / "out", "cpu",
+                 tmp_path / "work")
+    az = np.degrees(np.load(world["views"] / "views.npz")["azimuth"])
+    from_behind = behind(az)
+    assert 0.2 < from_behind.mean() < 0.8
+    # every view from behind is a hit (its only rival looks the same); from the front the mark decides
+    assert m["clip_r"] >= from_behind.mean() - 1e-9
+    judge = TinyJudge.from_pretrained(model_dir("judge", world["cfg"]["model"]["models_dir"]))
+    views = load_views(world["views"], 120)
+    scores = judge.clip_like(views.rgb, [marked, plain], az)
+    assert torch.equal(scores[from_behind, 0], scores[from_behind, 1])  # tied, whatever the weights
+    front_hits = float((scores[~from_behind, 0] > scores[~from_behind, 1]).double().sum())
+    assert m["clip_r"] == pytest.approx((from_behind.sum() + front_hits) / len(az))
 
 
 def test_mesh_path_scores_chamfer(world, tmp_path):

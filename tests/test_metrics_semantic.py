@@ -43,6 +43,17 @@ def test_tie_is_a_miss():
     assert r_precision_from_scores(scores, 0) == 0.5  # view 0 ties with candidate 1
 
 
+def test_a_look_alike_is_no_rival_but_a_distinct_tie_still_misses():
+    scores = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.6, 1.0, 0.5]])
+    alike = torch.tensor([[True, True, False], [True, False, False], [True, True, False]])
+    # view 0: ties only a look-alike (hit); view 1: the tie is a distinct candidate (miss);
+    # view 2: loses to a look-alike but beats the one distinct rival (hit)
+    assert r_precision_from_scores(scores, 0, alike=alike) == pytest.approx(2 / 3)
+    assert r_precision_from_scores(scores, 0) == 0.0
+    with pytest.raises(InputError, match="alike"):
+        r_precision_from_scores(scores, 0, alike=alike[:2])
+
+
 def test_scores_not_cosines_work_too():
     log_likelihood = torch.tensor([[-0.1, -3.0], [-2.0, -0.5], [-0.2, -0.4]])
     assert r_precision_from_scores(log_likelihood, 0) == pytest.approx(2 / 3)

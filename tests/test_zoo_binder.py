@@ -20,6 +20,7 @@ from anyto3d.zoo.binder import (
 )
 from anyto3d.zoo.captions import canonical_caption, caption
 from anyto3d.zoo.dataset import TINY, render_dataset
+from anyto3d.zoo.judge import look_alike
 from anyto3d.zoo.splits import is_heldout
 from anyto3d.zoo.train_encoders import (
     BinderTrainConfig,
@@ -30,7 +31,6 @@ from anyto3d.zoo.train_encoders import (
     evaluate_binder,
     gaussian_blur,
     load_views,
-    look_alike,
     train_binder,
 )
 from anyto3d.zoo.world import WorldObject, catalogue

@@ -44,22 +44,30 @@ def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.normalize(a, dim=-1, eps=1e-12) @ F.normalize(b, dim=-1, eps=1e-12).T
 
 
-def r_precision_from_scores(scores: torch.Tensor, true_index: int) -> float:
+def r_precision_from_scores(scores: torch.Tensor, true_index: int, alike: torch.Tensor | None = None) -> float:
     """Top-1 R-Precision of per-view retrieval scores ``scores`` [V, P] (higher = better match).
 
     A view is a hit when the true candidate scores strictly higher than every other candidate (a
     tie does not single out the truth, so it counts as a miss); the result is the fraction of
-    views that are hits.
+    views that are hits. ``alike`` [V, P] (bool) marks the candidates that make the same picture
+    as the truth from each view (a cube with one marked face, seen from behind, is the plain
+    cube): no picture can beat them, so they are left out of that view's competition.
     """
     scores = _as_matrix(scores, "retrieval scores")
     n = scores.shape[1]
     if not 0 <= int(true_index) < n:
         raise InputError(f"true_index {true_index} is outside the {n} candidates")
-    true = scores[:, int(true_index)]
-    others = torch.cat([scores[:, : int(true_index)], scores[:, int(true_index) + 1 :]], dim=1)
-    if others.shape[1] == 0:
+    if n < 2:
         raise InputError("R-Precision needs at least two candidates (the truth and a distractor)")
-    hits = true > others.max(dim=1).values
+    rivals = torch.ones_like(scores, dtype=torch.bool)
+    if alike is not None:
+        alike = torch.as_tensor(alike, dtype=torch.bool, device=scores.device)
+        if alike.shape != scores.shape:
+            raise InputError(f"alike has shape {tuple(alike.shape)}, the scores {tuple(scores.shape)}")
+        rivals &= ~alike
+    rivals[:, int(true_index)] = False
+    best_rival = scores.masked_fill(~rivals, float("-inf")).max(dim=1).values
+    hits = scores[:, int(true_index)] > best_rival
     return float(hits.double().mean())
 
 

@@ -120,6 +120,18 @@ def view_label_table(candidates: list[WorldObject], azimuth_deg) -> dict[str, to
     return table
 
 
+def look_alike(objects: list[WorldObject], azimuth_deg) -> torch.Tensor:
+    """``[B, K]`` one id per (view, candidate): the name the view's camera gives the candidate
+    (:meth:`WorldObject.seen_from`, by :func:`view_label_table`'s rule). Candidates with one id
+    make the same picture from that camera (a marked cube and the plain cube of its colour, from
+    behind)."""
+    ids: dict[str, int] = {}
+    both = torch.tensor([[ids.setdefault(o.id, len(ids)) for o in objects],
+                         [ids.setdefault(o.seen_from_behind.id, len(ids)) for o in objects]])  # [2, K]
+    back = np.atleast_1d(behind(np.asarray(azimuth_deg, dtype=np.float64).reshape(-1)))
+    return both[torch.as_tensor(back).long()]
+
+
 def object_for_caption(text: str, objects: list[WorldObject] | None = None) -> WorldObject:
     """The world object whose canonical caption (or id) is ``text``, among ``objects`` (default:
     every single object and every possible composition)."""
@@ -278,6 +290,7 @@ __all__ = [
     "TinyJudge",
     "accuracy",
     "judge_loss",
+    "look_alike",
     "object_for_caption",
     "object_labels",
     "view_label_table",

@@ -58,10 +58,11 @@ from anyto3d.zoo.judge import (
     TinyJudge,
     accuracy,
     judge_loss,
+    look_alike,
     view_labels,
 )
 from anyto3d.zoo.schedule import learning_rate
-from anyto3d.zoo.world import FACINGS, WorldObject, behind, stable_rank
+from anyto3d.zoo.world import FACINGS, WorldObject, stable_rank
 
 SPLITS = ("train", "heldout", "all")
 
@@ -432,17 +433,6 @@ def retrain_audio(binder_dir, dataset_dir, out_dir, audio_steps: int, seed: int 
     return log
 
 
-def look_alike(objects: list[WorldObject], azimuth_deg) -> torch.Tensor:
-    """``[B, K]`` one id per (view, candidate): the name the view's camera gives the candidate
-    (:meth:`WorldObject.seen_from`). Candidates with one id make the same picture from that
-    camera (a marked cube and the plain cube of its colour, from behind)."""
-    ids: dict[str, int] = {}
-    both = torch.tensor([[ids.setdefault(o.id, len(ids)) for o in objects],
-                         [ids.setdefault(o.seen_from_behind.id, len(ids)) for o in objects]])  # [2, K]
-    back = np.atleast_1d(behind(np.asarray(azimuth_deg, dtype=np.float64).reshape(-1)))
-    return both[torch.as_tensor(back).long()]  # as judge.view_label_table names them
-
-
 def _top1(scores: torch.Tensor, target: torch.Tensor, names: torch.Tensor) -> float:
     """Top-1 retrieval: right when the best candidate is the target or looks alike from that
     view (``names``: :func:`look_alike`), since no picture can tell those apart."""
@@ -705,7 +695,6 @@ __all__ = [
     "gaussian_blur",
     "learning_rate",
     "load_views",
-    "look_alike",
     "main",
     "step_generators",
     "train_binder",
