@@ -23,7 +23,9 @@ VOLUME_PRESETS = ("cpu_dense", "cpu_hash", "paper_hash")
 RASTER_SUBDIVISIONS = (4, 6)  # icosphere: 5,120 and 81,920 faces
 # Papers' sizes: XBind Phase I renders 128^2 (volume), Phases II/III 512^2 (raster); 64^2 is the
 # CPU working size.
-DEFAULT_RESOLUTIONS = {"volume": [64, 128], "raster": [128, 512]}
+# The full-size priors resize renders to their own sizes (256² to 768²); 256² is MVDream's and
+# Zero-1-to-3's.
+DEFAULT_RESOLUTIONS = {"volume": [64, 128], "raster": [128, 512], "losses": [64], "losses_full": [256]}
 LOSSES = ("sds", "augmented_sds", "cds", "sds_3d", "vsd", "multiview_sds", "video_sds", "modality_similarity")
 
 
@@ -122,18 +124,27 @@ def raster_case(subdivisions: int, resolution: int, repeats: int, device: str, b
     return row
 
 
-def _loss_setup(name: str, resolution: int, dev: torch.device):
-    """A reduced-size random-weight prior of the paper architecture behind ``name`` and a call
-    of the loss on a [B, H, W, 3] render that needs gradients."""
+def _loss_setup(name: str, resolution: int, dev: torch.device, size: str = "reduced", frames: int = 8):
+    """A random-weight prior of the paper architecture behind ``name``, at reduced size
+    (``build_dummy``) or at full size in fp16 (``build_full_size``, the GPU figures), and a call of
+    the loss on a [B, H, W, 3] render that needs gradients."""
     from anyto3d.cameras import orbit_cameras, relative_camera
     from anyto3d.losses import cds, modality_similarity, sds, video_sds, vsd
+
+    if size not in ("reduced", "full"):
+        raise ValueError(f"size must be 'reduced' or 'full', got {size!r}")
+
+    def build(cls):
+        if size == "reduced":
+            return cls.build_dummy().to(dev)
+        return cls.build_full_size(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
 
     g = torch.Generator().manual_seed(0)
     t = torch.tensor([500])
     if name in ("sds", "augmented_sds", "cds"):
         from anyto3d.priors.sd_unclip import StableUnCLIPPrior
 
-        prior = StableUnCLIPPrior.build_dummy().to(dev)
+        prior = build(StableUnCLIPPrior)
         cond = prior.build_condition(image_embedding=torch.randn(1, prior.embedding_dim, device=dev))
         images = torch.rand(1, resolution, resolution, 3, device=dev)
         if name == "sds":
@@ -147,7 +158,7 @@ def _loss_setup(name: str, resolution: int, dev: torch.device):
     if name == "sds_3d":
         from anyto3d.priors.zero123 import Zero123Prior
 
-        prior = Zero123Prior.build_dummy().to(dev)
+        prior = build(Zero123Prior)
         ref = orbit_cameras(1)
         rel = relative_camera(ref, orbit_cameras(1, azimuth_start_deg=90.0)).to(dev)
         reference = prior.encode_reference(torch.rand(1, 3, resolution, resolution, device=dev) * 2 - 1)
@@ -156,7 +167,7 @@ def _loss_setup(name: str, resolution: int, dev: torch.device):
     if name == "vsd":
         from anyto3d.priors.sd_vsd import StableDiffusionVSDPrior
 
-        prior = StableDiffusionVSDPrior.build_dummy().to(dev)
+        prior = build(StableDiffusionVSDPrior)
         c2w = orbit_cameras(1).c2w.to(dev)
         cond = prior.build_condition(text=["a red cube"])
         lora_cond = prior.build_condition(text=["a red cube"], camera_c2w=c2w)
@@ -165,33 +176,33 @@ def _loss_setup(name: str, resolution: int, dev: torch.device):
     if name == "multiview_sds":
         from anyto3d.priors.mvdream import MVDreamPrior
 
-        prior = MVDreamPrior.build_dummy().to(dev)
+        prior = build(MVDreamPrior)
         cond = prior.build_condition(text=["a red cube"], cameras=orbit_cameras(4).to(dev))
         images = torch.rand(4, resolution, resolution, 3, device=dev)
         return prior, images, lambda x: sds.multiview_sds(prior, x, cond, t, generator=g)
     if name == "video_sds":
         from anyto3d.priors.zeroscope import ZeroscopePrior
 
-        prior = ZeroscopePrior.build_dummy().to(dev)
+        prior = build(ZeroscopePrior)
         cond = prior.build_condition(text=["a red cube spinning"])
-        frames = torch.rand(8, resolution, resolution, 3, device=dev)
+        frames = torch.rand(frames, resolution, resolution, 3, device=dev)
         return prior, frames, lambda x: video_sds.video_sds(prior, x, cond, t, generator=g)
     if name == "modality_similarity":
         from anyto3d.encoders.imagebind import ImageBindEncoder
 
-        encoder = ImageBindEncoder.build_dummy().to(dev)
+        encoder = ImageBindEncoder.build_dummy().to(dev) if size == "reduced" else ImageBindEncoder.build_full_size(dev)
         target = torch.nn.functional.normalize(torch.randn(1, encoder.dim, device=dev), dim=-1)
         images = torch.rand(4, resolution, resolution, 3, device=dev)
         return encoder, images, lambda x: modality_similarity.modality_similarity(x, target, encoder.embed_image, generator=g)
     raise ValueError(f"unknown loss {name!r}")
 
 
-def loss_case(name: str, resolution: int, repeats: int, device: str) -> dict:
-    """One call of a loss, forward and backward to the render, with reduced-size random-weight
-    versions of the paper architectures (``build_dummy``): the cost of the loss machinery, not of
-    the full-size networks (those need the GPU device)."""
+def loss_case(name: str, resolution: int, size: str = "reduced", repeats: int = 3, device: str = "cpu") -> dict:
+    """One call of a loss, forward and backward to the render, with random-weight versions of the
+    paper architectures: at reduced size (``build_dummy``) the cost of the loss machinery; at full
+    size (fp16, 16 video frames) the cost on a GPU of the networks the papers use."""
     dev = torch.device(device)
-    model, images, call = _loss_setup(name, resolution, dev)
+    model, images, call = _loss_setup(name, resolution, dev, size, frames=16 if size == "full" else 8)
     params = sum(p.numel() for p in model.parameters())
     base_rss = _peak_rss_mb()
     if dev.type == "cuda":
@@ -208,6 +219,7 @@ def loss_case(name: str, resolution: int, repeats: int, device: str) -> dict:
     row = {
         "case": "loss",
         "loss": name,
+        "size": size,
         "prior_params": params,
         "render": f"{images.shape[0]}x{resolution}x{resolution}",
         "ms_per_call": round(seconds * 1000, 1),
@@ -234,7 +246,7 @@ def _memory(dev: torch.device, base_rss: float, base_cuda: int) -> dict:
     return {"peak_rss_delta_mb": round(_peak_rss_mb() - base_rss, 1)}
 
 
-def _cases(what: str, resolutions: list[int] | None) -> list[tuple[str, tuple]]:
+def _cases(what: str, resolutions: list[int] | None, size: str = "reduced") -> list[tuple[str, tuple]]:
     cases = []
     if what in ("render", "all"):
         for r in resolutions or DEFAULT_RESOLUTIONS["volume"]:
@@ -242,14 +254,17 @@ def _cases(what: str, resolutions: list[int] | None) -> list[tuple[str, tuple]]:
     if what in ("raster", "all"):
         cases += [("raster", (s, r)) for s in RASTER_SUBDIVISIONS for r in resolutions or DEFAULT_RESOLUTIONS["raster"]]
     if what in ("losses", "all"):
-        cases += [("loss", (name, r)) for name in LOSSES for r in resolutions or [64]]
+        default = DEFAULT_RESOLUTIONS["losses_full" if size == "full" else "losses"]
+        cases += [("loss", (name, r, size)) for name in LOSSES for r in resolutions or default]
     return cases
 
 
-def run(what: str, resolutions: list[int] | None = None, repeats: int = 3, device: str = "cpu") -> dict:
-    """Run every case of ``what`` ("render", "raster", "losses", "all") in its own process."""
+def run(what: str, resolutions: list[int] | None = None, repeats: int = 3, device: str = "cpu",
+        size: str = "reduced") -> dict:
+    """Run every case of ``what`` ("render", "raster", "losses", "all") in its own process;
+    ``size`` is that of the loss cases' networks ("reduced", or "full": the papers', in fp16)."""
     rows = []
-    for kind, args in _cases(what, resolutions):
+    for kind, args in _cases(what, resolutions, size):
         payload = json.dumps({"kind": kind, "args": list(args), "repeats": repeats, "device": device})
         proc = subprocess.run(
             [sys.executable, "-m", "anyto3d.bench", payload], capture_output=True, text=True, check=False

@@ -14,7 +14,8 @@ import sys
 def _bench(args: argparse.Namespace) -> int:
     from anyto3d import bench
 
-    results = bench.run(args.what, resolutions=args.resolution, repeats=args.repeats, device=args.device)
+    results = bench.run(args.what, resolutions=args.resolution, repeats=args.repeats, device=args.device,
+                        size=args.size)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--resolution", type=int, nargs="+", default=None, help="image sizes (default: volume 64 128, raster 128 512, losses 64)")
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--device", default="cpu")
+    bench.add_argument("--size", choices=["reduced", "full"], default="reduced",
+                       help="the loss cases' networks: reduced-size, or the papers' full size in fp16 (a GPU)")
     bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     bench.set_defaults(func=_bench)
 

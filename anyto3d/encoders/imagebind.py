@@ -274,6 +274,15 @@ class ImageBindEncoder(Encoder):
             model = cls.build_model(IMAGEBIND_DUMMY)
         return cls(model, ImageBindConfig(architecture=IMAGEBIND_DUMMY))
 
+    @classmethod
+    def build_full_size(cls, device: str | torch.device = "cpu", seed: int = 0) -> "ImageBindEncoder":
+        """``imagebind_huge`` with random weights, built on ``device`` directly (GPU figures of the
+        paper-scale losses; :mod:`anyto3d.priors.architectures`)."""
+        with torch.random.fork_rng(devices=[]), torch.device(device):
+            torch.manual_seed(seed)
+            model = cls.build_model(IMAGEBIND_HUGE)
+        return cls(model, ImageBindConfig(architecture=IMAGEBIND_HUGE))
+
     # -- properties ---------------------------------------------------------------------------
     @property
     def dim(self) -> int:

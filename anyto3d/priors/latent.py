@@ -124,6 +124,16 @@ def dummy_text_encoder(hidden_size: int = 16, vocab_size: int = 49408, projectio
     return CLIPTextModel(cfg)
 
 
+def cpu_parts(prediction_type: str) -> dict[str, object]:
+    """SD's scheduler and the CLIP tokenizer, built on the CPU whatever the default device (the
+    networks of :meth:`LatentDiffusionPrior.build_full_size` are built on the GPU; the schedule's
+    tables stay where the loaded ones live)."""
+    from anyto3d.encoders.clip_tokenizer import clip_tokenizer
+
+    with torch.device("cpu"):
+        return {"scheduler": dummy_scheduler(prediction_type), "tokenizer": clip_tokenizer()}
+
+
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of [B,C,H,W] to ``size`` (identity when already that size; antialiased when shrinking)."""
     if tuple(images.shape[-2:]) == tuple(size):
@@ -409,6 +419,34 @@ class LatentDiffusionPrior(Prior):
         }
         return comps
 
+    #: Constructor settings of the release that :meth:`build_full_size` passes (Zeroscope's frame size).
+    full_size_options: ClassVar[dict] = {}
+
+    @classmethod
+    def full_size_components(cls) -> dict[str, object]:
+        """SD 2.1 base at full size with random weights (ε-prediction, 512² images, OpenCLIP-H text)."""
+        from anyto3d.priors import architectures as arch
+
+        return {"vae": arch.sd_vae(), "unet": arch.sd_unet(arch.SD2_UNET), "text_encoder": arch.sd2_text_encoder(),
+                **cpu_parts("epsilon")}
+
+    @classmethod
+    def build_full_size(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float16,
+                        seed: int = 0) -> "LatentDiffusionPrior":
+        """This adapter around the release's architecture at full size with random weights
+        (:mod:`anyto3d.priors.architectures`), built on ``device`` directly; its networks are cast
+        to ``dtype`` as ``from_pretrained(torch_dtype=...)`` would load them."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            with torch.device(device):
+                comps = cls.full_size_components()
+        for comp in comps.values():
+            if isinstance(comp, torch.nn.Module):
+                # nn.Module.to, not ModelMixin.to: the latter warns about modules to keep in fp32,
+                # and these architectures have none
+                torch.nn.Module.to(comp, dtype)
+        return cls(**comps, **cls.full_size_options)
+
     @classmethod
     def build_dummy(cls, seed: int = 0, **sizes) -> "LatentDiffusionPrior":
         """A tiny random-weight instance of this adapter for tests (``sizes`` → :meth:`dummy_components`)."""
@@ -419,4 +457,4 @@ class LatentDiffusionPrior(Prior):
         return cls(**comps, **ctor)
 
 
-__all__ = ["LatentDiffusionPrior", "dummy_scheduler", "dummy_text_encoder", "dummy_unet", "dummy_vae", "resize_images"]
+__all__ = ["LatentDiffusionPrior", "cpu_parts", "dummy_scheduler", "dummy_text_encoder", "dummy_unet", "dummy_vae", "resize_images"]

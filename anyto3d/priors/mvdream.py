@@ -55,7 +55,7 @@ import torch
 from anyto3d.cameras import CameraBatch
 from anyto3d.errors import InputError, MissingWeightsError
 from anyto3d.priors.base import Condition
-from anyto3d.priors.latent import LatentDiffusionPrior, dummy_unet
+from anyto3d.priors.latent import LatentDiffusionPrior, cpu_parts, dummy_unet
 from anyto3d.priors.weights import PAPER_MODELS, resolve_weights
 
 CAMERA_DIM = 16
@@ -399,6 +399,14 @@ class MVDreamPrior(LatentDiffusionPrior):
         return cls(unet=unet, **comps, **kwargs)
 
     # -- dummies --------------------------------------------------------------------------------
+    @classmethod
+    def full_size_components(cls) -> dict[str, object]:
+        """MVDream (sd-v2.1-base-4view) at full size, random weights: SD 2.1 base with the camera MLP, 256²."""
+        from anyto3d.priors import architectures as arch
+
+        return {"vae": arch.sd_vae(256), "unet": arch.sd_unet(unet_config_from_ldm(MVDREAM_SD21_UNET_PARAMS)),
+                "text_encoder": arch.sd2_text_encoder(), **cpu_parts("epsilon")}
+
     @classmethod
     def dummy_components(
         cls,

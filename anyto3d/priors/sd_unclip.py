@@ -31,7 +31,14 @@ import torch
 
 from anyto3d.errors import InputError
 from anyto3d.priors.base import Condition
-from anyto3d.priors.latent import LatentDiffusionPrior, dummy_scheduler, dummy_text_encoder, dummy_unet, dummy_vae
+from anyto3d.priors.latent import (
+    LatentDiffusionPrior,
+    cpu_parts,
+    dummy_scheduler,
+    dummy_text_encoder,
+    dummy_unet,
+    dummy_vae,
+)
 
 _NORMALIZER_MODULE = "diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer"
 
@@ -151,6 +158,22 @@ class StableUnCLIPPrior(LatentDiffusionPrior):
         return out.to(z_t.dtype)
 
     # -- dummies -----------------------------------------------------------------------------------
+    @classmethod
+    def full_size_components(cls) -> dict[str, object]:
+        """SD 2.1 unCLIP-H at full size, random weights: 768² images, v-prediction, the 1024-d image
+        embedding and its noise-level embedding concatenated into the UNet's class embedding."""
+        from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
+
+        from anyto3d.priors import architectures as arch
+
+        with torch.device("cpu"):
+            noising = unclip_noising_scheduler()
+        unet = arch.sd_unet(arch.SD2_UNET, sample_size=96, class_embed_type="projection",
+                            projection_class_embeddings_input_dim=2 * 1024)
+        return {"vae": arch.sd_vae(768), "unet": unet, "text_encoder": arch.sd2_text_encoder(),
+                "image_normalizer": StableUnCLIPImageNormalizer(embedding_dim=1024),
+                "image_noising_scheduler": noising, **cpu_parts("v_prediction")}
+
     @classmethod
     def dummy_components(
         cls,

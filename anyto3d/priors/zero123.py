@@ -31,7 +31,7 @@ from diffusers.models.modeling_utils import ModelMixin
 
 from anyto3d.errors import InputError
 from anyto3d.priors.base import Condition
-from anyto3d.priors.latent import LatentDiffusionPrior, dummy_scheduler, dummy_unet, dummy_vae, resize_images
+from anyto3d.priors.latent import LatentDiffusionPrior, cpu_parts, dummy_scheduler, dummy_unet, dummy_vae, resize_images
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -162,6 +162,17 @@ class Zero123Prior(LatentDiffusionPrior):
         return out.to(z_t.dtype)
 
     # -- dummies -----------------------------------------------------------------------------------
+    @classmethod
+    def full_size_components(cls) -> dict[str, object]:
+        """Zero-1-to-3 at full size, random weights: SD 1.x's UNet over 8 input channels (noisy ‖
+        reference latent) at 256², CLIP ViT-L/14's image tower and the 772 → 768 projection."""
+        from anyto3d.priors import architectures as arch
+
+        parts = cpu_parts("epsilon")
+        return {"vae": arch.sd_vae(256), "unet": arch.sd_unet(arch.SD1_UNET, in_channels=8, sample_size=32),
+                "scheduler": parts["scheduler"], "image_encoder": arch.clip_l14_image_encoder(),
+                "clip_camera_projection": CCProjection(768 + CAMERA_DIM, 768)}
+
     @classmethod
     def dummy_components(
         cls,

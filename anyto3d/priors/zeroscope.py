@@ -121,6 +121,15 @@ class ZeroscopePrior(LatentDiffusionPrior):
         return super().from_pretrained(local_dir, **kwargs)
 
     # -- dummies ----------------------------------------------------------------------------------
+    full_size_options: ClassVar[dict] = {"image_size": ZEROSCOPE_576W_SIZE}
+
+    @classmethod
+    def full_size_components(cls) -> dict[str, object]:
+        """Zeroscope v2 576w at full size, random weights: ModelScope's UNet3D, SD's VAE and text encoder."""
+        from anyto3d.priors import architectures as arch
+
+        return {**super().full_size_components(), "unet": arch.zeroscope_unet3d()}
+
     @classmethod
     def dummy_components(
         cls,
