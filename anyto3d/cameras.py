@@ -303,6 +303,9 @@ class LightBatch:
     position: torch.Tensor  # [B, 3]
     ambient: torch.Tensor  # [B]
 
+    def to(self, device=None, dtype=None) -> "LightBatch":
+        return LightBatch(self.position.to(device=device, dtype=dtype), self.ambient.to(device=device, dtype=dtype))
+
 
 def sample_lights(
     cameras: CameraBatch, cfg: LightSamplerConfig = LightSamplerConfig(), generator: torch.Generator | None = None

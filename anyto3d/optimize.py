@@ -146,6 +146,20 @@ class OptimState:
         named = {"field": self.field, "geometry": self.geometry, "texture": self.texture, "background": self.background}
         return {k: m for k, m in named.items() if m is not None}
 
+    @property
+    def device(self) -> torch.device:
+        """Where the representation lives (its first parameter or buffer; the CPU if it has none)."""
+        for module in self.modules().values():
+            for tensor in (*module.parameters(), *module.buffers()):
+                return tensor.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "OptimState":
+        """Move every module (the background too) to ``device``, in place."""
+        for module in self.modules().values():
+            module.to(device)
+        return self
+
     def state_dict(self) -> dict[str, dict]:
         return {k: m.state_dict() for k, m in self.modules().items()}
 
@@ -229,8 +243,11 @@ class StepContext:
 def render_state(state: OptimState, phase: PhaseConfig, cameras: CameraBatch, height: int, width: int, *,
                  lights=None, with_normal: bool = False, generator: torch.Generator | None = None,
                  stratified: bool | None = None) -> RenderOutput:
-    """Render the phase's representation: volume for (4D) NeRF, rasterised mesh for DMTet."""
+    """Render the phase's representation: volume for (4D) NeRF, rasterised mesh for DMTet, on the
+    state's device (cameras and lights are sampled on the CPU, from the step's CPU generator)."""
     rep = phase.representation
+    cameras = cameras.to(state.device)
+    lights = None if lights is None else lights.to(state.device)
     if rep in ("nerf", "dynamic_nerf"):
         if state.field is None:
             raise InputError(f"phase {phase.name!r} renders a NeRF but OptimState.field is None")

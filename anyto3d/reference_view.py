@@ -23,7 +23,7 @@ azimuth 0°, distance 2.5, fovy 40° — all configurable.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -79,6 +79,11 @@ class ReferenceView:
     mask: torch.Tensor
     camera: CameraBatch
     source: str = "image"  # "image" (user's image) or "prior" (sampled, footnote 2)
+
+    def to(self, device: str | torch.device) -> "ReferenceView":
+        """The images on ``device`` (where the renders they are compared with live). The camera
+        stays on the CPU with the cameras the phases sample; the renderers move cameras."""
+        return replace(self, rgb=self.rgb.to(device), mask=self.mask.to(device))
 
 
 def reference_camera(cfg: ReferenceViewConfig = ReferenceViewConfig()) -> CameraBatch:

@@ -217,12 +217,12 @@ def run_phase_step(step_name: str, representation: str, inputs: dict[str, Path],
                          f"steps.pipeline.stages_for({method.name!r}) does not list {step_name}")
     seed = int(cfg.get("seed", 0))
     embedding = read_embedding(inputs["encoded"])
-    reference = read_reference(inputs["reference"])
+    reference = read_reference(inputs["reference"]).to(device)
     text = prompt_text(read_prompt(inputs["encoded"]))
     models = load_models(cfg["model"], phase_roles(representation)(cfg), device)
     previous = load_state(Path(inputs["previous"]) / STATE_DIR, device) if inputs.get("previous") else None
 
-    state = initial_state(representation, phases[0], previous, cfg, device)
+    state = initial_state(representation, phases[0], previous, cfg, device).to(device)
     generator = torch.Generator().manual_seed(seed)
     managers = [CheckpointManager(Path(work_dir) / p.name, max(1, p.checkpoint_every)) for p in phases]
     # Resume: the newest checkpoint of the latest phase that has one; earlier phases are done.

@@ -211,3 +211,23 @@ def test_alternation_runs_one_group_per_step(monkeypatch):
         per_step.setdefault(step, []).append(name)
     assert sorted(per_step) == list(range(20)) and all(len(v) == 1 for v in per_step.values())
     assert 3 <= sum(v == ["sds"] for v in per_step.values()) <= 17
+
+
+def test_state_moves_as_one_and_renders_where_it_lives():
+    """Fields are built on the device asked for; ``OptimState.to`` moves the background with them
+    (a CPU background behind a GPU field broke the first CUDA run); cameras sampled on the CPU
+    and a reference view can be sent after them. ``meta`` stands in for a GPU here."""
+    from anyto3d.cameras import headlight
+    from anyto3d.reference_view import reference_camera
+
+    field = NeRFField(CPU_DENSE_NERF, device="meta")
+    assert {p.device.type for p in field.parameters()} == {"meta"}
+    state = OptimState(field=NeRFField(CPU_DENSE_NERF))
+    assert state.device.type == "cpu"
+    assert state.to("meta") is state and state.device.type == "meta"
+    assert {t.device.type for m in state.modules().values() for t in (*m.parameters(), *m.buffers())} == {"meta"}
+    lights = headlight(orbit_cameras(2)).to("meta")
+    assert lights.position.device.type == lights.ambient.device.type == "meta"
+    ref = ReferenceView(torch.ones(8, 8, 3), torch.ones(8, 8, 1), reference_camera()).to("meta")
+    assert ref.rgb.device.type == ref.mask.device.type == "meta"
+    assert ref.camera.c2w.device.type == "cpu"  # with the phases' sampled cameras; the renderers move them

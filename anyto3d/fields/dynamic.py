@@ -60,6 +60,7 @@ class DynamicNeRFField(GridField):
                 f"{self.static_encoding.out_dim} != {self.dynamic_encoding.out_dim}"
             )
         self._build_heads(self.static_encoding.out_dim)
+        self.to(device)
 
     def encode(self, unit_points: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
         """4D-fy §3.1 (the representation of Eq. 2): ``f = f_static(μ) + f_dynamic(μ, t)``."""

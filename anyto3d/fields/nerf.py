@@ -243,6 +243,7 @@ class NeRFField(GridField):
         self.cfg = cfg if cfg is not None else NeRFFieldConfig()
         self.encoding = make_encoding(cfg.encoding, in_dim=3, device=device)
         self._build_heads(self.encoding.out_dim)
+        self.to(device)
 
     def encode(self, unit_points: torch.Tensor, times: torch.Tensor | None) -> torch.Tensor:
         return self.encoding(unit_points)

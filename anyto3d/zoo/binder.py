@@ -347,7 +347,7 @@ class TinyBinder(Encoder):
         """Unnormalised [B, dim] of images [B, H, W, 3] in [0, 1] (any size; resized to 32²)."""
         if rgb.dim() != 4 or rgb.shape[-1] != 3:
             raise InputError(f"images must be [B, H, W, 3] in [0, 1], got {tuple(rgb.shape)}")
-        x = clip_preprocess(rgb.to(self.dtype), self.cfg.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        x = clip_preprocess(rgb.to(self.device, self.dtype), self.cfg.image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
         return self.image_tower(x)
 
     def embed_image(self, rgb: torch.Tensor) -> torch.Tensor:
