@@ -124,10 +124,13 @@ def raster_case(subdivisions: int, resolution: int, repeats: int, device: str, b
     return row
 
 
-def _loss_setup(name: str, resolution: int, dev: torch.device, size: str = "reduced", frames: int = 8):
+def _loss_setup(name: str, resolution: int, dev: torch.device, size: str = "reduced", frames: int = 8,
+                dtype: str = "auto"):
     """A random-weight prior of the paper architecture behind ``name``, at reduced size
-    (``build_dummy``) or at full size in fp16 (``build_full_size``, the GPU figures), and a call of
-    the loss on a [B, H, W, 3] render that needs gradients."""
+    (``build_dummy``, float32) or at full size in ``dtype`` (``build_full_size``, the GPU figures;
+    "auto" as ``model.dtype``), and a call of the loss on a [B, H, W, 3] render that needs gradients."""
+    from anyto3d.models import paper_dtype
+
     from anyto3d.cameras import orbit_cameras, relative_camera
     from anyto3d.losses import cds, modality_similarity, sds, video_sds, vsd
 
@@ -137,7 +140,7 @@ def _loss_setup(name: str, resolution: int, dev: torch.device, size: str = "redu
     def build(cls):
         if size == "reduced":
             return cls.build_dummy().to(dev)
-        return cls.build_full_size(device=dev, dtype=torch.float16 if dev.type == "cuda" else torch.float32)
+        return cls.build_full_size(device=dev, dtype=paper_dtype({"dtype": dtype}, dev))
 
     g = torch.Generator().manual_seed(0)
     t = torch.tensor([500])
@@ -197,12 +200,14 @@ def _loss_setup(name: str, resolution: int, dev: torch.device, size: str = "redu
     raise ValueError(f"unknown loss {name!r}")
 
 
-def loss_case(name: str, resolution: int, size: str = "reduced", repeats: int = 3, device: str = "cpu") -> dict:
+def loss_case(name: str, resolution: int, size: str = "reduced", dtype: str = "auto", repeats: int = 3,
+              device: str = "cpu") -> dict:
     """One call of a loss, forward and backward to the render, with random-weight versions of the
     paper architectures: at reduced size (``build_dummy``) the cost of the loss machinery; at full
-    size (fp16, 16 video frames) the cost on a GPU of the networks the papers use."""
+    size (``dtype``, 16 video frames) the cost on a GPU of the networks the papers use. ImageBind
+    (the MS loss) runs in float32 whatever ``dtype``, as ``model=paper`` loads it."""
     dev = torch.device(device)
-    model, images, call = _loss_setup(name, resolution, dev, size, frames=16 if size == "full" else 8)
+    model, images, call = _loss_setup(name, resolution, dev, size, frames=16 if size == "full" else 8, dtype=dtype)
     params = sum(p.numel() for p in model.parameters())
     base_rss = _peak_rss_mb()
     if dev.type == "cuda":
@@ -220,6 +225,7 @@ def loss_case(name: str, resolution: int, size: str = "reduced", repeats: int = 
         "case": "loss",
         "loss": name,
         "size": size,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "prior_params": params,
         "render": f"{images.shape[0]}x{resolution}x{resolution}",
         "ms_per_call": round(seconds * 1000, 1),
@@ -246,7 +252,7 @@ def _memory(dev: torch.device, base_rss: float, base_cuda: int) -> dict:
     return {"peak_rss_delta_mb": round(_peak_rss_mb() - base_rss, 1)}
 
 
-def _cases(what: str, resolutions: list[int] | None, size: str = "reduced") -> list[tuple[str, tuple]]:
+def _cases(what: str, resolutions: list[int] | None, size: str = "reduced", dtype: str = "auto") -> list[tuple[str, tuple]]:
     cases = []
     if what in ("render", "all"):
         for r in resolutions or DEFAULT_RESOLUTIONS["volume"]:
@@ -255,24 +261,27 @@ def _cases(what: str, resolutions: list[int] | None, size: str = "reduced") -> l
         cases += [("raster", (s, r)) for s in RASTER_SUBDIVISIONS for r in resolutions or DEFAULT_RESOLUTIONS["raster"]]
     if what in ("losses", "all"):
         default = DEFAULT_RESOLUTIONS["losses_full" if size == "full" else "losses"]
-        cases += [("loss", (name, r, size)) for name in LOSSES for r in resolutions or default]
+        cases += [("loss", (name, r, size, dtype)) for name in LOSSES for r in resolutions or default]
     return cases
 
 
 def run(what: str, resolutions: list[int] | None = None, repeats: int = 3, device: str = "cpu",
-        size: str = "reduced") -> dict:
+        size: str = "reduced", dtype: str = "auto", on_row=None) -> dict:
     """Run every case of ``what`` ("render", "raster", "losses", "all") in its own process;
-    ``size`` is that of the loss cases' networks ("reduced", or "full": the papers', in fp16)."""
+    ``size`` is that of the loss cases' networks ("reduced", or "full": the papers', in ``dtype``).
+    ``on_row(row)`` sees each row as its case ends, so a sweep cut short keeps what it measured."""
     rows = []
-    for kind, args in _cases(what, resolutions, size):
+    for kind, args in _cases(what, resolutions, size, dtype):
         payload = json.dumps({"kind": kind, "args": list(args), "repeats": repeats, "device": device})
         proc = subprocess.run(
             [sys.executable, "-m", "anyto3d.bench", payload], capture_output=True, text=True, check=False
         )
         if proc.returncode != 0:
             rows.append({"case": kind, "args": list(args), "error": proc.stderr.strip().splitlines()[-1:]})
-            continue
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        else:
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        if on_row is not None:
+            on_row(rows[-1])
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),

@@ -188,6 +188,21 @@ def _load_tiny(role: str, model_cfg: Mapping, device: str):
     return _cached(("tiny", str(directory), device), build)
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def paper_dtype(model_cfg: Mapping | None, device: str | torch.device) -> torch.dtype:
+    """The frozen paper priors' dtype, ``model.dtype``: "auto" is float16 on CUDA (half the
+    weights' memory; threestudio's SDS guidance and 4D-fy's Zeroscope load half precision too)
+    and float32 on the CPU, where half precision is slow; or "float32", "float16", "bfloat16"."""
+    name = str((model_cfg or {}).get("dtype") or "auto")
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise InputError(f"model.dtype must be 'auto' or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
 def _paper_dir(model_cfg: Mapping, key: str) -> Path | None:
     """``weights_dir/<repo id>`` or ``weights_dir/<key>`` when the config names a weights root."""
     from anyto3d.priors.weights import PAPER_MODELS
@@ -208,6 +223,7 @@ def _load_paper(role: str, model_cfg: Mapping, device: str):
     if role == "judge":
         raise InputError("the judge is a tiny-world model; paper-scale evaluation uses CLIP (anyto3d.encoders)")
     root = (model_cfg or {}).get("weights_dir")
+    dtype = paper_dtype(model_cfg, device)  # the frozen priors'; ImageBind and VSD's model stay float32
 
     def build():
         if role in ("encoder", "ms_encoder"):
@@ -218,29 +234,30 @@ def _load_paper(role: str, model_cfg: Mapping, device: str):
         if role == "prior2d":
             from anyto3d.priors.sd_unclip import StableUnCLIPPrior
 
-            prior = StableUnCLIPPrior.from_pretrained(_paper_dir(model_cfg, "sd-2-1-unclip"))
+            prior = StableUnCLIPPrior.from_pretrained(_paper_dir(model_cfg, "sd-2-1-unclip"), torch_dtype=dtype)
         elif role == "novel_view":
             from anyto3d.priors.zero123 import Zero123Prior
 
-            prior = Zero123Prior.from_pretrained(_paper_dir(model_cfg, "zero123"))
+            prior = Zero123Prior.from_pretrained(_paper_dir(model_cfg, "zero123"), torch_dtype=dtype)
         elif role == "multiview":
             from anyto3d.priors.mvdream import MVDreamPrior
 
-            prior = MVDreamPrior.from_pretrained(_paper_dir(model_cfg, "mvdream"))
+            prior = MVDreamPrior.from_pretrained(_paper_dir(model_cfg, "mvdream"), torch_dtype=dtype)
         elif role == "video":
             from anyto3d.priors.zeroscope import ZeroscopePrior
 
-            prior = ZeroscopePrior.from_pretrained(_paper_dir(model_cfg, "zeroscope_v2_576w"))
+            prior = ZeroscopePrior.from_pretrained(_paper_dir(model_cfg, "zeroscope_v2_576w"), torch_dtype=dtype)
         else:  # lora: SD 2.1 base with its LoRA branch (VSD)
             from anyto3d.priors.sd_vsd import StableDiffusionVSDPrior, VSDLoRABranch
 
+            # float32: its LoRA and camera MLP are trained (4D-fy Eq. 5); half-precision training is unchecked
             return VSDLoRABranch(StableDiffusionVSDPrior.from_pretrained(_paper_dir(model_cfg, "sd-2-1-base")).to(device))
         prior = prior.to(device)
         prior.requires_grad_(False)
         return prior
 
     key_role = "encoder" if role == "ms_encoder" else role
-    return _cached(("paper", str(root), device, key_role), build)
+    return _cached(("paper", str(root), device, str(dtype), key_role), build)
 
 
 # ---------------------------------------------------------------------------------------------

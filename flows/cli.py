@@ -14,13 +14,13 @@ import sys
 def _bench(args: argparse.Namespace) -> int:
     from anyto3d import bench
 
+    def show(row: dict) -> None:  # as each case ends: a sweep cut short keeps what it measured
+        print("  ".join(f"{k}={v}" for k, v in row.items()), file=sys.stderr if args.json else sys.stdout, flush=True)
+
     results = bench.run(args.what, resolutions=args.resolution, repeats=args.repeats, device=args.device,
-                        size=args.size)
+                        size=args.size, dtype=args.dtype, on_row=show)
     if args.json:
         print(json.dumps(results, indent=2))
-    else:
-        for row in results["rows"]:
-            print("  ".join(f"{k}={v}" for k, v in row.items()))
     return 0
 
 
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=3)
     bench.add_argument("--device", default="cpu")
     bench.add_argument("--size", choices=["reduced", "full"], default="reduced",
-                       help="the loss cases' networks: reduced-size, or the papers' full size in fp16 (a GPU)")
+                       help="the loss cases' networks: reduced-size, or the papers' full size (a GPU)")
+    bench.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                       help="the full-size priors' dtype, as model.dtype (auto: float16 on CUDA, float32 on the CPU)")
     bench.add_argument("--json", action="store_true", help="print machine-readable JSON")
     bench.set_defaults(func=_bench)
 

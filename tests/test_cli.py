@@ -33,4 +33,16 @@ def test_bench_losses_reports_a_real_measurement():
 
     row = bench.loss_case("sds", 32, repeats=1, device="cpu")
     assert row["loss"] == "sds" and row["ms_per_call"] > 0 and row["prior_params"] > 0
+    assert row["size"] == "reduced" and row["dtype"] == "float32"
     assert json.loads(json.dumps(row)) == row
+
+
+def test_bench_sweep_hands_over_each_row_as_its_case_ends():
+    """An overnight sweep cut short keeps the cases it finished: each row reaches ``on_row``
+    as its subprocess ends, the same rows the result returns."""
+    from anyto3d import bench
+
+    seen = []
+    result = bench.run("raster", resolutions=[16], repeats=1, on_row=seen.append)
+    assert len(seen) == len(bench.RASTER_SUBDIVISIONS) and seen == result["rows"]
+    assert all(r["case"] == "raster" and r["seconds_fwd_bwd"] > 0 for r in seen)

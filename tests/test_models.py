@@ -135,3 +135,27 @@ def test_clear_cache_forgets_models(zoo):
     first = load_models(tiny(zoo), {"prior2d"}).prior2d
     models_mod.clear_cache()
     assert load_models(tiny(zoo), {"prior2d"}).prior2d is not first
+
+
+def test_paper_priors_load_in_the_configured_dtype(tmp_path, monkeypatch):
+    """``model.dtype``: "auto" is float32 on the CPU (float16 on CUDA); an explicit dtype is
+    honoured; anything else is one InputError. Each dtype is its own cache entry."""
+    import torch
+
+    from anyto3d.models import clear_cache, paper_dtype
+    from anyto3d.priors.sd_unclip import StableUnCLIPPrior
+
+    monkeypatch.delenv("ANYTO3D_WEIGHTS", raising=False)
+    StableUnCLIPPrior.build_dummy().save_pretrained(tmp_path / "sd-2-1-unclip")
+    cfg = {"name": "paper", "weights_dir": str(tmp_path)}
+    clear_cache()
+    try:
+        assert load_models(cfg, {"prior2d"}).prior2d.dtype == torch.float32  # auto on the CPU
+        half = load_models({**cfg, "dtype": "float16"}, {"prior2d"}).prior2d
+        assert half.dtype == torch.float16 and half.vae.dtype == torch.float16
+    finally:
+        clear_cache()
+    assert paper_dtype({"dtype": "auto"}, "cuda:0") == torch.float16
+    assert paper_dtype({}, "cpu") == torch.float32 and paper_dtype({"dtype": "bfloat16"}, "cpu") == torch.bfloat16
+    with pytest.raises(InputError, match="model.dtype"):
+        paper_dtype({"dtype": "half"}, "cpu")
