@@ -145,3 +145,23 @@ def test_suite_of_one_object_writes_results_and_table(env):
     table = (env / "metrics" / "table1.md").read_text()
     assert "XBind" in table
     assert os.path.isfile(env / "outputs" / "text" / "cube-green-xbind-s0" / "mesh.glb")
+
+
+def test_local_generation_needs_neither_prefect_nor_mlflow_nor_dvc(env):
+    """A GPU machine may hold only the library's own dependencies: ``anyto3d generate --local``
+    with tracking off runs to the end in a process where Prefect, MLflow and DVC cannot be
+    imported (checked in a subprocess, so this session's imports do not hide one)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("import sys\nfor m in ('prefect', 'mlflow', 'dvc'):\n    sys.modules[m] = None\n"
+              "from flows.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = env / "out"
+    cmd = [sys.executable, "-c", script, "generate", "--text", "a red cube", "--local", "--out", str(out),
+           f"paths.store={env / 'store'}", *FAST]
+    envvars = {**os.environ, "ANYTO3D_PROGRESS": "0", "OMP_NUM_THREADS": "1"}  # env: the test zoo, tracking off
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=envvars, cwd=Path(__file__).resolve().parents[1],
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "mesh.glb").stat().st_size > 0 and json.loads((out / "metrics.json").read_text())
