@@ -48,19 +48,12 @@ CLIP_L14_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_l
                    "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 768,
                    "hidden_act": "quick_gelu"}
 
-#: Zeroscope v2 576w's UNet3DConditionModel (ModelScope text-to-video's, 64-channel heads).
-ZEROSCOPE_UNET3D = {
-    "in_channels": 4,
-    "out_channels": 4,
-    "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
-    "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
-    "block_out_channels": [320, 640, 1280, 1280],
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "cross_attention_dim": 1024,
-    "attention_head_dim": 64,
-    "sample_size": 32,
-}
+#: Zeroscope v2 576w's UNet3DConditionModel (ModelScope text-to-video's): SD's body with 3D
+#: blocks (temporal convolutions and attention), 64-channel heads, SD 2.x's text context.
+ZEROSCOPE_UNET3D = {**_SD_UNET_BODY,
+                    "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
+                    "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3,
+                    "cross_attention_dim": 1024, "attention_head_dim": 64, "sample_size": 32}
 
 
 def sd_vae(sample_size: int = 512):
