@@ -129,10 +129,9 @@ def _loss_setup(name: str, resolution: int, dev: torch.device, size: str = "redu
     """A random-weight prior of the paper architecture behind ``name``, at reduced size
     (``build_dummy``, float32) or at full size in ``dtype`` (``build_full_size``, the GPU figures;
     "auto" as ``model.dtype``), and a call of the loss on a [B, H, W, 3] render that needs gradients."""
-    from anyto3d.models import paper_dtype
-
     from anyto3d.cameras import orbit_cameras, relative_camera
     from anyto3d.losses import cds, modality_similarity, sds, video_sds, vsd
+    from anyto3d.models import paper_dtype
 
     if size not in ("reduced", "full"):
         raise ValueError(f"size must be 'reduced' or 'full', got {size!r}")

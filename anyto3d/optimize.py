@@ -16,6 +16,7 @@ then continues exactly as an uninterrupted run would.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from dataclasses import field as dc_field
@@ -150,7 +151,7 @@ class OptimState:
     def device(self) -> torch.device:
         """Where the representation lives (its first parameter or buffer; the CPU if it has none)."""
         for module in self.modules().values():
-            for tensor in (*module.parameters(), *module.buffers()):
+            for tensor in itertools.chain(module.parameters(), module.buffers()):
                 return tensor.device
         return torch.device("cpu")
 
