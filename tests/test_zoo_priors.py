@@ -233,6 +233,32 @@ def test_scale_shift_conditions_resblocks_by_film_and_round_trips(kind, tmp_path
         load_tiny_prior(tmp_path / kind)  # the additive UNet's projections are half the size
 
 
+def test_2d_prior_cross_attention_reads_the_embedding_as_tokens_and_round_trips(tmp_path):
+    """``context_tokens`` > 0: a UNet2DConditionModel whose cross-attention reads the embedding as
+    tokens, beside the additive path; the default stays the published UNet2DModel."""
+    from diffusers import UNet2DConditionModel, UNet2DModel
+
+    assert isinstance(TinyImagePrior.build_tiny("test").unet, UNet2DModel)
+    prior = _randomise(TinyImagePrior.build_tiny("test", context_tokens=3, cross_attention_dim=16))
+    assert isinstance(prior.unet, UNet2DConditionModel) and prior.unet.config.cross_attention_dim == 16
+    assert prior.context_proj.out_features == 3 * 16
+    z, cond, other_cond = CASES["prior2d"][1](prior)
+    t = torch.tensor([500])
+    with torch.no_grad():
+        eps = prior.predict_noise(z, t, cond)
+        # with the additive path cut, the embedding still reaches the output through the tokens
+        prior.embedding_proj[2].weight.zero_()
+        prior.embedding_proj[2].bias.zero_()
+        tokens_only = prior.predict_noise(z, t, cond)
+        assert (prior.predict_noise(z, t, other_cond()) - tokens_only).abs().max() > 1e-3
+    prior.save_pretrained(tmp_path / "p2d")
+    loaded = load_tiny_prior(tmp_path / "p2d")
+    assert loaded.config.context_tokens == 3
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.predict_noise(z, t, cond), tokens_only, atol=0, rtol=0)
+        assert (eps - tokens_only).abs().max() > 1e-4  # the additive path mattered too
+
+
 def test_scale_shift_is_refused_where_it_does_not_exist():
     with pytest.raises(InputError, match="UNet3DConditionModel"):
         TinyVideoPrior.build_tiny("test", time_scale_shift=True)

@@ -473,6 +473,11 @@ class TinyImagePriorConfig(TinyUNetConfig):
     noise_aug_max: float = (
         1.0  # training draws ℓ = max · u², u ~ U(0, 1) (biased to light noise)
     )
+    # > 0: the embedding also enters as this many cross-attention tokens (UNet2DConditionModel,
+    # cross-attention at the levels ``attention`` marks and in the middle block), beside the
+    # additive path, as the multi-view and video priors read theirs. 0: the published UNet2DModel.
+    context_tokens: int = 0
+    cross_attention_dim: int = 64
 
 
 class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
@@ -505,7 +510,32 @@ class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
             nn.SiLU(),
             nn.Linear(width, width),
         )
+        if config.context_tokens > 0:
+            self.unet = self._cross_attention_unet(config)
+            self.context_proj = nn.Linear(config.embedding_dim, config.context_tokens * config.cross_attention_dim)
         self._attach_vae(vae)
+
+    @staticmethod
+    def _cross_attention_unet(config: TinyImagePriorConfig):
+        """The UNet2DModel's blocks, with cross-attention where it has self-attention."""
+        from diffusers import UNet2DConditionModel
+
+        down, up = _down_up(config.attention, "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+        return UNet2DConditionModel(
+            sample_size=config.image_size,
+            in_channels=config.channels,
+            out_channels=config.channels,
+            down_block_types=down,
+            up_block_types=up,
+            block_out_channels=config.block_out_channels,
+            layers_per_block=config.layers_per_block,
+            norm_num_groups=config.norm_num_groups,
+            cross_attention_dim=config.cross_attention_dim,
+            # heads of attention_head_dim channels, as the UNet2DModel's (diffusers counts heads here)
+            attention_head_dim=tuple(max(1, c // config.attention_head_dim) for c in config.block_out_channels),
+            class_embed_type="identity",
+            resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
+        )
 
     def build_condition(
         self,
@@ -543,6 +573,10 @@ class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
         )
         embedding = self.embedding_input(cond["embedding"], z_t.dtype)
         emb = self.embedding_proj(torch.cat([embedding, feats], dim=-1))
+        c = self.config
+        if c.context_tokens > 0:
+            context = self.context_proj(embedding).view(-1, c.context_tokens, c.cross_attention_dim)
+            return self.unet(z_t, t, encoder_hidden_states=context, class_labels=emb).sample
         return self.unet(z_t, t, class_labels=emb).sample
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
