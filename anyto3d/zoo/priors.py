@@ -283,6 +283,27 @@ def _down_up(
     return down, up
 
 
+def _cross_attention_unet(config, **extra):
+    """A UNet2DConditionModel on ``config``'s grid and levels, cross-attention where ``attention``
+    is set (the 2D prior's token option and the multi-view prior share it); ``extra``: the rest."""
+    from diffusers import UNet2DConditionModel
+
+    down, up = _down_up(config.attention, "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    return UNet2DConditionModel(
+        sample_size=config.image_size,
+        in_channels=config.channels,
+        out_channels=config.channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        cross_attention_dim=config.cross_attention_dim,
+        resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
+        **extra,
+    )
+
+
 class TinyPriorMixin:
     """Latent codec (identity or a frozen VAE), save/load and sampling for the tiny priors."""
 
@@ -511,31 +532,11 @@ class TinyImagePrior(TinyPriorMixin, PixelDiffusionPrior):
             nn.Linear(width, width),
         )
         if config.context_tokens > 0:
-            self.unet = self._cross_attention_unet(config)
+            # heads of attention_head_dim channels, as the UNet2DModel's (diffusers counts heads here)
+            heads = tuple(max(1, c // config.attention_head_dim) for c in config.block_out_channels)
+            self.unet = _cross_attention_unet(config, attention_head_dim=heads, class_embed_type="identity")
             self.context_proj = nn.Linear(config.embedding_dim, config.context_tokens * config.cross_attention_dim)
         self._attach_vae(vae)
-
-    @staticmethod
-    def _cross_attention_unet(config: TinyImagePriorConfig):
-        """The UNet2DModel's blocks, with cross-attention where it has self-attention."""
-        from diffusers import UNet2DConditionModel
-
-        down, up = _down_up(config.attention, "CrossAttnDownBlock2D", "DownBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
-        return UNet2DConditionModel(
-            sample_size=config.image_size,
-            in_channels=config.channels,
-            out_channels=config.channels,
-            down_block_types=down,
-            up_block_types=up,
-            block_out_channels=config.block_out_channels,
-            layers_per_block=config.layers_per_block,
-            norm_num_groups=config.norm_num_groups,
-            cross_attention_dim=config.cross_attention_dim,
-            # heads of attention_head_dim channels, as the UNet2DModel's (diffusers counts heads here)
-            attention_head_dim=tuple(max(1, c // config.attention_head_dim) for c in config.block_out_channels),
-            class_embed_type="identity",
-            resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
-        )
 
     def build_condition(
         self,
@@ -790,35 +791,17 @@ class TinyMultiViewPrior(TinyPriorMixin, Prior):
     }
 
     def __init__(self, config: TinyMultiViewConfig | None = None, vae=None):
-        from diffusers import UNet2DConditionModel
-
         config = config or TinyMultiViewConfig()
         super().__init__(make_schedule(config.schedule, config.num_timesteps))
         self.config = config
         self.prediction_type = config.prediction_type
         self.num_views = config.num_views
-        down, up = _down_up(
-            config.attention,
-            "CrossAttnDownBlock2D",
-            "DownBlock2D",
-            "CrossAttnUpBlock2D",
-            "UpBlock2D",
-        )
-        self.unet = UNet2DConditionModel(
-            sample_size=config.image_size,
-            in_channels=config.channels,
-            out_channels=config.channels,
-            down_block_types=down,
-            up_block_types=up,
-            block_out_channels=config.block_out_channels,
-            layers_per_block=config.layers_per_block,
-            norm_num_groups=config.norm_num_groups,
-            cross_attention_dim=config.cross_attention_dim,
+        self.unet = _cross_attention_unet(
+            config,
             attention_head_dim=config.attention_head_dim,
             use_linear_projection=True,
             class_embed_type="projection",
             projection_class_embeddings_input_dim=MULTIVIEW_CAMERA_DIM,
-            resnet_time_scale_shift=resnet_time_scale_shift(config.time_scale_shift),
         )
         install_multiview_attention(self.unet)
         self.context_proj = nn.Linear(
