@@ -6,7 +6,15 @@ stage of the pipeline sits beside them. Nothing here imports Prefect, MLflow or 
 """
 
 from anyto3d.checkpoints import CheckpointManager
-from steps.contract import Step, capture_rng_state, config_subset, restore_rng_state, seed_everything, step
+from steps.contract import (
+    Step,
+    capture_rng_state,
+    config_subset,
+    deterministic_kernels,
+    restore_rng_state,
+    seed_everything,
+    step,
+)
 from steps.store import MANIFEST, STORE_FORMAT, Manifest, Store, ensure_writable_dir
 
 __all__ = [
@@ -18,6 +26,7 @@ __all__ = [
     "Store",
     "capture_rng_state",
     "config_subset",
+    "deterministic_kernels",
     "ensure_writable_dir",
     "restore_rng_state",
     "seed_everything",

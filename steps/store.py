@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from anyto3d.errors import InputError
-from steps.contract import Step, config_subset, seed_everything
+from steps.contract import Step, config_subset, deterministic_kernels, seed_everything
 
 try:
     import fcntl
@@ -161,6 +161,10 @@ class Manifest:
     timings: dict
     dir: str
     store_format: int = STORE_FORMAT
+    #: How the floats were computed: ``{"deterministic": bool, "torch_threads": int}``. Results are
+    #: bit-identical run to run only with deterministic kernels, and only at the same thread count
+    #: (a reduction split across more threads adds in another order). Empty in older manifests.
+    kernels: dict = field(default_factory=dict)
 
     def path(self, relative: str = "") -> Path:
         """Absolute path of a file of this output (the directory itself for ``""``)."""
@@ -358,8 +362,9 @@ class Store:
 
         started, t0 = _utc_now(), time.perf_counter()
         try:
-            seed_everything(_seed_of(subset))
-            metrics = _clean_metrics(step, step.run(dict(paths), subset, tmp, device, work))
+            with deterministic_kernels() as deterministic:
+                seed_everything(_seed_of(subset))
+                metrics = _clean_metrics(step, step.run(dict(paths), subset, tmp, device, work))
             seconds = time.perf_counter() - t0
             files = {
                 rel: {"sha256": file_sha256(tmp / rel), "bytes": (tmp / rel).stat().st_size} for rel in _dir_files(tmp)
@@ -378,6 +383,7 @@ class Store:
                 device=device,
                 timings={"started": started, "finished": _utc_now(), "seconds": round(seconds, 6)},
                 dir=str(final),
+                kernels=_kernels(deterministic),
             )
             _write_json_durably(tmp / MANIFEST, manifest.to_dict())  # last file of the output
             final.parent.mkdir(parents=True, exist_ok=True)
@@ -428,6 +434,12 @@ class Store:
             raise InputError(f"output directory {dest} is not writable: {err.strerror or err}") from None
         _rmtree(old)
         return dest
+
+
+def _kernels(deterministic: bool) -> dict:
+    import torch
+
+    return {"deterministic": bool(deterministic), "torch_threads": torch.get_num_threads()}
 
 
 def _seed_of(subset: Mapping) -> int:

@@ -16,7 +16,17 @@ import pytest
 import torch
 
 from anyto3d.errors import InputError
-from steps import CheckpointManager, Manifest, Step, Store, capture_rng_state, config_subset, restore_rng_state, step
+from steps import (
+    CheckpointManager,
+    Manifest,
+    Step,
+    Store,
+    capture_rng_state,
+    config_subset,
+    deterministic_kernels,
+    restore_rng_state,
+    step,
+)
 from steps import store as store_mod
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,6 +227,63 @@ def test_store_seeds_from_the_config(tmp_path, src):
     c = Store(tmp_path / "c").run(double, {"src": src}, {**CFG, "seed": 7})
     noise = lambda m: m.path("sub/noise.txt").read_text()  # noqa: E731
     assert noise(a) == noise(b) != noise(c)
+
+
+@step("gather_grad", version=1, config_keys=["seed"], inputs=["src"])
+def gather_grad(inputs, cfg, out_dir, device, work_dir):
+    """The backward of a gather (``vertices[faces]``, as every mesh loss has) at two threads."""
+    torch.set_num_threads(2)
+    vertices = torch.randn(4000, 3, requires_grad=True)
+    faces = torch.randint(0, 4000, (9000, 3))
+    weights = torch.randn(9000, 3, 3)
+    (vertices[faces] * weights).sum().backward()
+    torch.save(vertices.grad, out_dir / "grad.pt")
+    return {"deterministic": float(torch.are_deterministic_algorithms_enabled())}
+
+
+def test_steps_run_with_deterministic_kernels_so_reruns_are_bit_identical(tmp_path, src, monkeypatch):
+    """A multi-threaded gather backward adds with atomics unless deterministic kernels are on; the
+    store turns them on around every step, records it, and restores the caller's mode after."""
+    threads = torch.get_num_threads()
+    try:
+        runs = [Store(tmp_path / f"s{i}").run(gather_grad, {"src": src}, CFG) for i in range(4)]
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert all(m.metrics["deterministic"] == 1.0 for m in runs)
+    assert runs[0].kernels == {"deterministic": True, "torch_threads": 2}
+    assert len({m.files["grad.pt"]["sha256"] for m in runs}) == 1
+    grads = [torch.load(m.path("grad.pt")) for m in runs]
+    assert all(torch.equal(grads[0], g) for g in grads[1:]) and grads[0].abs().sum() > 0
+
+    monkeypatch.setenv("ANYTO3D_DETERMINISTIC", "0")  # the opt-out, for speed on a GPU
+    off = Store(tmp_path / "off").run(gather_grad, {"src": src}, CFG)
+    torch.set_num_threads(threads)
+    assert off.metrics["deterministic"] == 0.0 and off.kernels["deterministic"] is False
+
+
+def test_deterministic_kernels_are_on_while_any_concurrent_user_is_inside():
+    """Steps run side by side in threads under Prefect: the first user switches the mode on, the last
+    one out restores the caller's mode, whatever the order they leave in."""
+    entered, release_first = threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with deterministic_kernels():
+            entered.set()
+            release_first.wait(10)
+        seen["after_first_left"] = torch.are_deterministic_algorithms_enabled()
+
+    worker = threading.Thread(target=first)
+    worker.start()
+    assert entered.wait(10)
+    with deterministic_kernels() as on:
+        assert on and torch.are_deterministic_algorithms_enabled()
+        release_first.set()
+        worker.join(10)
+        assert torch.are_deterministic_algorithms_enabled()  # the first left; this one is still inside
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert seen["after_first_left"] is True
 
 
 def test_manifest_is_the_last_file_written(tmp_path, src, monkeypatch):
