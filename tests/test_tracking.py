@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from flows.tasks import Node, Ref, run_pipeline
 from flows.tracking import MAX_PARAM_VALUE, NullTracker, Tracker, default_tracking_uri, make_tracker, param_items
@@ -62,6 +63,8 @@ def test_parent_and_child_runs_with_params_metrics_and_artifacts(tracker, tmp_pa
     assert parent.info.status == "FINISHED" and child.info.status == "FINISHED"
     assert child.data.tags["mlflow.parentRunId"] == run.run_id
     assert child.data.tags["anyto3d.key"] == mesh.key and child.data.tags["anyto3d.store_dir"] == mesh.dir
+    assert child.data.tags["anyto3d.kernels.deterministic"] == "true"
+    assert child.data.tags["anyto3d.kernels.torch_threads"] == str(torch.get_num_threads())
     assert parent.data.tags["prompt"] == "a red cube" and len(parent.data.tags["cfg_hash"]) == 12
     assert parent.data.params == {
         "seed": "0",
