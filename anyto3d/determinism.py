@@ -14,7 +14,7 @@ import os
 import threading
 from collections.abc import Iterator
 
-#: Set to ``0`` to let steps use PyTorch's faster non-deterministic kernels (see below).
+#: Set to ``0`` to let steps use PyTorch's default (non-deterministic) kernels.
 DETERMINISTIC_ENV = "ANYTO3D_DETERMINISTIC"
 _deterministic_lock = threading.Lock()
 _deterministic_users = 0

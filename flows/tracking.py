@@ -151,7 +151,7 @@ class FlowRun:
             "anyto3d.device": manifest.device,
             "anyto3d.executed": str(bool(executed)).lower(),
         }
-        # bit-identical reruns need the same kernel mode and thread count (steps.contract.deterministic_kernels)
+        # bit-identical reruns need the same kernel mode and thread count (anyto3d.determinism)
         tags.update({f"anyto3d.kernels.{k}": str(v).lower() for k, v in (manifest.kernels or {}).items()})
         child = self.client.create_run(self.experiment_id, start_time=start, tags=tags, run_name=name).info.run_id
         params = [Param(k, v) for k, v in param_items(manifest.config).items()]
