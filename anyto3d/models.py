@@ -145,7 +145,12 @@ def _cached(key: tuple, build):
     with _CACHE_LOCK:
         if key in _CACHE:
             return _CACHE[key]
-    value = build()
+    # Building a model draws its initial weights before loading the trained ones. Without the
+    # fork, the first step in a process to load a model would continue from other random draws
+    # than a step that found it cached, and a suite's results would depend on its order.
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=cuda):
+        value = build()
     with _CACHE_LOCK:
         return _CACHE.setdefault(key, value)
 

@@ -52,6 +52,21 @@ def test_load_models_returns_the_classes_asked_for_and_caches_them(zoo):
     assert only.encoder is None and only.novel_view is None and only.judge is None
 
 
+def test_loading_a_model_leaves_the_random_stream_alone(zoo):
+    """A model's first load draws initial weights; a step that loads it cold must continue from the
+    same random state as one that finds it cached, or a suite's results depend on its order."""
+    models_mod.clear_cache()
+    torch.manual_seed(0)
+    cold_state = torch.get_rng_state()
+    needs = {"encoder", "prior2d", "novel_view", "multiview", "video", "judge"}
+    load_models(tiny(zoo), needs)
+    assert torch.equal(torch.get_rng_state(), cold_state)
+    after_cold = torch.rand(4)
+    torch.manual_seed(0)
+    load_models(tiny(zoo), needs)  # cached now
+    assert torch.equal(torch.rand(4), after_cold)
+
+
 def test_missing_tiny_model_dir_is_one_error_naming_it(tmp_path):
     (tmp_path / "binder").mkdir()  # present but the 2D prior is not
     with pytest.raises(MissingWeightsError) as info:
