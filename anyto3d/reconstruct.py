@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from anyto3d.cameras import CameraBatch, CameraSamplerConfig, orbit_cameras, sample_cameras
+from anyto3d.determinism import deterministic_kernels
 from anyto3d.fields.dmtet import DMTetConfig, DMTetGeometry
 from anyto3d.fields.encoding import CPU_DENSE_GRID
 from anyto3d.fields.nerf import NeRFField, NeRFFieldConfig
@@ -148,7 +149,16 @@ def reconstruct(
     progress: Progress | None = None,
 ) -> dict:
     """Run the whole chain and return its metrics; with ``out_dir`` also write ``scene.glb``,
-    ``turntable.mp4`` (120-view orbit) and ``metrics.json`` there."""
+    ``turntable.mp4`` (120-view orbit) and ``metrics.json`` there.
+
+    It runs outside the step store, so it takes the store's deterministic kernels itself
+    (:mod:`anyto3d.determinism`): its DMTet fit has the same multi-threaded gather backward.
+    """
+    with deterministic_kernels():
+        return _reconstruct(mesh, cfg, out_dir, progress)
+
+
+def _reconstruct(mesh: Mesh, cfg: ReconstructionConfig, out_dir: str | Path | None, progress: Progress | None) -> dict:
     from anyto3d.export.mesh_export import export_glb, load_mesh
     from anyto3d.export.texture_bake import bake_texture
     from anyto3d.export.video import turntable, write_video
