@@ -195,6 +195,9 @@ def test_evaluate_zoo_structure_on_the_test_zoo(tmp_path, monkeypatch):
         assert key in metrics
     assert set(metrics["priors"]) == {"prior2d", "novelview", "multiview", "video"}
     assert metrics["binder"]["n_objects"] == 4 and metrics["judge"]["n_views"] == 16
+    # the judge's figures by how much of the frame the object covers: the bins hold every view
+    assert sum(row["n_views"] for row in metrics["judge"]["bins"]) == 16
+    assert metrics["judge"]["without_closeups"]["n_views"] <= 16
     p = metrics["priors"]
     assert p["prior2d"]["n"] == 4 and p["novelview"]["n"] == 4 and p["multiview"]["n_groups"] == 2
     assert p["video"]["n"] == 2 and p["video"]["frames"] == 4  # the test preset's frames

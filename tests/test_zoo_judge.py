@@ -1,5 +1,6 @@
 """The tiny judge: labels, metrics against hand-computed values, a real tiny training, weights."""
 
+import itertools
 import math
 
 import numpy as np
@@ -215,3 +216,40 @@ def test_save_and_load_round_trip_gives_identical_outputs(trained, tmp_path):
     assert all(torch.equal(a[h], b[h]) for h in HEADS)
     with pytest.raises(MissingWeightsError, match="config.json"):
         TinyJudge.from_pretrained(tmp_path / "nothing")
+
+
+def test_frame_coverage_by_hand():
+    from anyto3d.zoo.evaluate import frame_coverage
+
+    alpha = np.zeros((3, 4, 4), np.uint8)
+    alpha[1, :2] = 255  # half the frame
+    alpha[2] = 200  # all of it (above half opacity)
+    alpha[0, 0, 0] = 100  # below half opacity: not covered
+    assert frame_coverage(alpha).tolist() == [0.0, 0.5, 1.0]
+    assert frame_coverage(alpha.astype(np.float32) / 255).tolist() == [0.0, 0.5, 1.0]
+
+
+def test_judge_by_coverage_partitions_the_views_and_matches_evaluate_judge(trained, data):
+    from anyto3d.zoo.dataset import load_dataset
+    from anyto3d.zoo.evaluate import frame_coverage, judge_by_coverage
+
+    judge, _ = trained
+    overall = evaluate_judge(judge, data / "eval", split="all")
+    bins = (0.0, 0.1, 0.2, 1.0)
+    out = judge_by_coverage(judge, data / "eval", bins=bins, closeup=0.2)
+    coverage = frame_coverage(load_dataset(data / "eval").rgba[..., 3])
+    counts = [int(((coverage >= lo) & ((coverage < hi) | (hi == 1.0))).sum()) for lo, hi in itertools.pairwise(bins)]
+    assert [row["n_views"] for row in out["bins"]] == counts and sum(counts) == overall["n_views"]
+    assert max(counts) < overall["n_views"]  # the views really spread over the bins
+    # the bins partition the views: their counts weight their figures back to evaluate_judge's
+    with_shape = [row for row in out["bins"] if row["n_views"]]
+    pooled = sum(row["shape"] * row["n_views"] for row in with_shape) / overall["n_views"]
+    assert pooled == pytest.approx(overall["shape"], abs=1e-6)
+    # and the close-ups left out, by hand
+    rest = coverage < 0.2
+    views = load_views(data / "eval", "all")
+    shape = judge.classify(views.rgb[rest])["shape"].argmax(-1)
+    truth = view_labels(views.view_objects(), views.azimuth_deg)["shape"][torch.from_numpy(rest)]
+    assert out["without_closeups"]["n_views"] == int(rest.sum())
+    assert out["without_closeups"]["shape"] == pytest.approx(float((shape == truth).float().mean()))
+    assert out["closeup_fraction"] == pytest.approx(1 - rest.mean(), abs=1e-4)
