@@ -481,12 +481,35 @@ def _heldout_objects_in(data) -> list[WorldObject]:
     return sorted(data.objects, key=lambda o: stable_rank(o.id, 11))
 
 
-def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig) -> tuple[dict, torch.Tensor, list[dict]]:
+#: What a 2D prior is conditioned on when it is scored: the binder's embedding of the object's
+#: canonical caption (the published figure), or the object's world code
+#: (:class:`~anyto3d.zoo.priors.WorldCodeEmbedding`, what a prior trained without binder
+#: embeddings learnt from) — a perfect, factorised condition, to tell the condition's limits from
+#: the prior's.
+CONDITIONS = ("text", "code")
+
+
+def prior2d_condition(prior, binder, objects: list[WorldObject], captions: list[str], condition: str = "text",
+                      code_seed: int = 0) -> torch.Tensor:
+    """Embeddings ``[N, D]`` a 2D prior is scored on (:data:`CONDITIONS`)."""
+    if condition == "text":
+        return binder.embed_texts(captions)
+    if condition == "code":
+        from anyto3d.zoo.priors import WorldCodeEmbedding
+
+        return WorldCodeEmbedding(prior.config.embedding_dim, code_seed)(objects)
+    raise InputError(f"condition must be one of {', '.join(CONDITIONS)}, got {condition!r}")
+
+
+def evaluate_prior2d(prior, binder, judge, data, cfg: EvalConfig, condition: str = "text",
+                     code_seed: int = 0) -> tuple[dict, torch.Tensor, list[dict]]:
+    """Samples for ``cfg.samples_2d`` of ``data``'s objects (the held-out split for the published
+    figure; a training split measures fit), conditioned by :func:`prior2d_condition`."""
     from anyto3d.zoo.captions import canonical_caption
 
     objects = _cycle(_heldout_objects_in(data), cfg.samples_2d)
     captions = [canonical_caption(o) for o in objects]
-    cond = prior.build_condition(binder.embed_texts(captions))
+    cond = prior.build_condition(prior2d_condition(prior, binder, objects, captions, condition, code_seed))
     samples = _sample(prior, cond, cfg, 1)
     index_of = {o.id: i for i, o in enumerate(data.objects)}
     truth_rows = [_frontal_view(data, index_of[o.id]) for o in objects]
@@ -894,6 +917,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 __all__ = [
+    "CONDITIONS",
     "MOTION_LABELS",
     "STATIC",
     "TARGETS",
@@ -918,6 +942,7 @@ __all__ = [
     "motion_scores",
     "novel_view_requests",
     "passed",
+    "prior2d_condition",
     "save_sheet",
     "silhouette",
     "train_seconds",
