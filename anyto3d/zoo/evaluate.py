@@ -6,7 +6,8 @@
 
 * **binder**: :func:`~anyto3d.zoo.train_encoders.evaluate_binder` (text→image, audio→image top-1
   among the held-out objects); **judge**: :func:`~anyto3d.zoo.train_encoders.evaluate_judge`
-  (shape, colour; facing over views of objects with a front).
+  (shape, colour; facing over views of objects with a front), and the same figures by how much
+  of the frame the object covers (:func:`judge_by_coverage`: ``bins``, ``without_closeups``).
 * **priors**: samples (DDIM through ``prior.sample`` = :func:`anyto3d.priors.sampling.ddim_sample`,
   η = 0, :attr:`EvalConfig.steps` steps, classifier-free guidance :attr:`EvalConfig.guidance_scale`
   = 3.0, the scale the sample sheets of :mod:`anyto3d.zoo.train_priors` use, one fixed seed) judged
@@ -416,7 +417,7 @@ def _scores_with_singles(samples, truth, targets: dict, objects: list[WorldObjec
     return scores
 
 
-#: Edges of the bins of ``judge.by_coverage``: the fraction of the frame the object covers.
+#: Edges of the bins of ``judge.bins``: the fraction of the frame the object covers.
 COVERAGE_BINS = (0.0, 0.3, 0.5, 0.8, 1.0)
 #: Views at or above this coverage are close-ups (``judge.without_closeups`` leaves them out).
 CLOSEUP = 0.8
