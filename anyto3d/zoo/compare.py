@@ -31,7 +31,7 @@ from anyto3d.zoo.evaluate import (
 )
 
 KINDS = ("prior2d", "novelview", "multiview", "video")
-SPLITS = {"heldout": "heldout", "train": "train"}  # split name -> directory under --data
+SPLITS = ("heldout", "train")  # each a directory under --data (build data)
 HEADLINE = ("score", "all", "shape", "color", "facing", "groups", "views", "motion", "object")
 
 
@@ -66,7 +66,7 @@ def compare(kind: str, model_dirs: list, data_root, cfg: EvalConfig, splits=("he
         raise InputError("the video prior is scored on held-out motion captions only (--split heldout)")
     binder = TinyBinder.from_pretrained(model_dir("binder", models_root))
     judge = TinyJudge.from_pretrained(model_dir("judge", models_root))
-    datasets = {s: load_dataset(Path(data_root) / SPLITS[s]) for s in splits if kind != "video"}
+    datasets = {s: load_dataset(Path(data_root) / s) for s in splits if kind != "video"}
     rows = []
     for directory in model_dirs:
         prior = load_tiny_prior(Path(directory))
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("kind", choices=KINDS)
     parser.add_argument("models", nargs="+", help="prior model directories")
     parser.add_argument("--data", default="data/zoo", help="the zoo dataset (build data)")
-    parser.add_argument("--split", nargs="+", default=["heldout"], choices=tuple(SPLITS))
+    parser.add_argument("--split", nargs="+", default=["heldout"], choices=SPLITS)
     parser.add_argument("--condition", default="text", choices=CONDITIONS, help="2D prior: text embedding or world code")
     parser.add_argument("--code-seed", type=int, default=0, help="the world codes' seed (train_priors' --seed)")
     parser.add_argument("--samples", type=int, default=EvalConfig.samples_2d,
