@@ -28,6 +28,7 @@ from anyto3d.zoo.evaluate import (
     evaluate_novelview,
     evaluate_prior2d,
     evaluate_video,
+    scaled_config,
 )
 
 KINDS = ("prior2d", "novelview", "multiview", "video")
@@ -99,13 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--guidance", type=float, default=EvalConfig.guidance_scale)
     parser.add_argument("--models-root", default=None, help="where the binder and judge live (default: the published)")
     args = parser.parse_args(argv)
-    if args.samples < 4:
-        raise InputError(f"--samples must be >= 4, got {args.samples}")
-    scale = args.samples / EvalConfig.samples_2d
-    cfg = EvalConfig(samples_2d=args.samples, steps=args.steps, guidance_scale=args.guidance, seed=args.seed,
-                     novel_references=max(1, round(EvalConfig.novel_references * scale)),
-                     multiview_groups=max(1, round(EvalConfig.multiview_groups * scale)),
-                     clips=max(1, round(EvalConfig.clips * scale)))  # fmt: skip
+    cfg = scaled_config(args.samples, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
     rows = compare(args.kind, args.models, args.data, cfg, tuple(args.split), args.condition, args.code_seed,
                    args.models_root)  # fmt: skip
     for row in rows:

@@ -887,6 +887,20 @@ def evaluate_zoo(
     return metrics
 
 
+def scaled_config(samples: int | None = None, **settings) -> EvalConfig:
+    """An :class:`EvalConfig` with ``settings``; ``samples`` (N 2D samples) also scales the
+    novel-view references, multi-view groups and clips by N / 64 (None: the defaults)."""
+    cfg = EvalConfig(**settings)
+    if samples is not None:
+        if samples < 4:
+            raise InputError(f"--samples must be >= 4, got {samples}")
+        scale = samples / EvalConfig.samples_2d
+        cfg.samples_2d = samples
+        for name in ("novel_references", "multiview_groups", "clips"):
+            setattr(cfg, name, max(1, round(getattr(EvalConfig, name) * scale)))
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m anyto3d.zoo.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="data/zoo", help="the zoo dataset (build data): heldout/ and clips/")
@@ -904,14 +918,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = EvalConfig(steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
-    if args.samples is not None:
-        if args.samples < 4:
-            raise InputError(f"--samples must be >= 4, got {args.samples}")
-        scale = args.samples / EvalConfig.samples_2d
-        cfg.samples_2d = args.samples
-        for name in ("novel_references", "multiview_groups", "clips"):
-            setattr(cfg, name, max(1, round(getattr(EvalConfig, name) * scale)))
+    cfg = scaled_config(args.samples, steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
     metrics = evaluate_zoo(args.data, args.out, args.sheets, cfg, args.models, args.allow_missing)
     print(json.dumps({"passed": metrics["passed"], "eval_seconds": metrics["eval_seconds"]}, indent=1))
     return metrics
@@ -945,6 +952,7 @@ __all__ = [
     "passed",
     "prior2d_condition",
     "save_sheet",
+    "scaled_config",
     "silhouette",
     "train_seconds",
     "validate_motion_classifier",
