@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anyto3d.errors import InputError
-from anyto3d.losses.diffusion import diffusion_loss, diffusion_target, drop_condition
+from anyto3d.losses.diffusion import diffusion_loss, diffusion_target, drop_condition, min_snr_weight
 from anyto3d.losses.vsd import lora_finetune_loss, variational_score_distillation
 from anyto3d.priors.pixel import GaussianPixelPrior, PixelDiffusionPrior
 
@@ -93,6 +93,36 @@ def test_diffusion_loss_targets_by_hand():
         target = noise if kind == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * z0
         torch.testing.assert_close(diffusion_target(prior, z0, noise, t), target)
         torch.testing.assert_close(diffusion_loss(prior, z0, cond, t, noise), ((out - target) ** 2).mean())
+
+
+def test_min_snr_weighting_by_hand():
+    torch.manual_seed(0)
+    z0 = torch.randn(3, 3, H, W, dtype=torch.float64)
+    noise = torch.randn_like(z0)
+    t = torch.tensor([10, 500, 990])
+    cond = {"mean": torch.zeros(1, 3, H, W, dtype=torch.float64)}
+    for kind in ("epsilon", "v_prediction"):
+        prior = GaussianPixelPrior(std=STD, prediction_type=kind).double()
+        a = prior.schedule.alphas_cumprod[t].double()
+        snr = a / (1 - a)
+        assert snr[0] > 5 > snr[1] > snr[2]  # the cap binds only on the nearly clean step
+        # x0-space weight min(SNR, 5), over what the raw target carries: SNR (ε) or SNR + 1 (v)
+        by_hand = [5 / snr[0], 1.0, 1.0] if kind == "epsilon" else [5 / (snr[0] + 1), *(snr[1:] / (snr[1:] + 1))]
+        w = min_snr_weight(prior, t, 5.0)
+        torch.testing.assert_close(w.double(), torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in by_hand]),
+                                   rtol=1e-6, atol=0)
+        a4 = a.view(3, 1, 1, 1)
+        out = prior.forward_model(a4.sqrt() * z0 + (1 - a4).sqrt() * noise, t,
+                                  {"mean": cond["mean"].expand(3, -1, -1, -1)})
+        per_item = ((out - diffusion_target(prior, z0, noise, t)) ** 2).flatten(1).mean(1)
+        torch.testing.assert_close(diffusion_loss(prior, z0, cond, t, noise, snr_gamma=5.0),
+                                   (w.double() * per_item).mean())
+    # ε with a cap nothing reaches is the plain loss
+    prior = GaussianPixelPrior(std=STD, prediction_type="epsilon").double()
+    torch.testing.assert_close(diffusion_loss(prior, z0, cond, t, noise, snr_gamma=1e12),
+                               diffusion_loss(prior, z0, cond, t, noise))
+    with pytest.raises(InputError, match="snr_gamma"):
+        diffusion_loss(prior, z0, cond, t, noise, snr_gamma=0.0)
 
 
 def test_drop_condition_uses_the_null_condition():

@@ -573,6 +573,24 @@ def test_the_training_loop_follows_the_schedule(schedule, last_lr, views_dir, tm
     assert state["scheduler"]["_last_lr"][0] == pytest.approx(last_lr, abs=1e-12)
 
 
+@pytest.mark.parametrize("kind", ["prior2d", "novelview", "multiview", "video"])
+def test_snr_gamma_reaches_every_priors_loss(kind, views_dir, tmp_path, monkeypatch):
+    import anyto3d.zoo.train_priors as tp
+
+    prior = PRIOR_CLASSES[kind].build_tiny("test", seed=0, embedding_dim=8)
+    seen = []
+    monkeypatch.setattr(tp, "diffusion_loss", lambda prior, z0, cond, **kw: seen.append(kw["snr_gamma"]) or z0.sum())
+    data = views_dir
+    if kind == "video":
+        from anyto3d.zoo.dataset import render_clips
+
+        data = tmp_path
+        render_clips(OBJECTS[:1], data, motions=("spin",), clips_per_pair=1, n_frames=prior.config.num_frames, seed=0)
+    loss_fn, _ = make_loss_fn(kind, prior, data, None, TrainConfig(batch_size=4, snr_gamma=5.0), seed=0)
+    loss_fn(_gen(0))
+    assert seen == [5.0]
+
+
 def test_training_resumes_exactly(views_dir, tmp_path):
     cfg = TrainConfig(batch_size=8, checkpoint_every=2, sheet_steps=0, progress=False)
     straight = train_prior(

@@ -92,6 +92,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     p_uncond: float = 0.15
+    # Min-SNR-γ loss weighting (anyto3d.losses.diffusion.min_snr_weight); None: uniform in the
+    # raw target, the published recipes
+    snr_gamma: float | None = None
     # Novel-view pairs only. A target's reference is one of the other views of its object at its
     # lens, never the target itself (with the uniform draw, 16 % of pairs were the view itself: a
     # lesson in copying the reference), and of ``pair_turn_candidates`` such draws the one turned
@@ -447,7 +450,7 @@ def make_loss_fn(
             cond = drop_condition(
                 prior, prior.build_condition(emb[idx]), cfg.p_uncond, gen
             )
-            return diffusion_loss(prior, z_all[idx], cond, generator=gen)
+            return diffusion_loss(prior, z_all[idx], cond, generator=gen, snr_gamma=cfg.snr_gamma)
 
         return loss_fn, {"z": z_all, "embeddings": emb, "captions": index["captions"]}
 
@@ -469,7 +472,7 @@ def make_loss_fn(
             level = top * torch.rand(B, generator=gen) ** 2
             cond = prior.build_condition(emb[idx], noise_level=level, generator=gen)
             cond = drop_condition(prior, cond, cfg.p_uncond, gen)
-            return diffusion_loss(prior, z_all[idx], cond, generator=gen)
+            return diffusion_loss(prior, z_all[idx], cond, generator=gen, snr_gamma=cfg.snr_gamma)
 
         return loss_fn, context
 
@@ -499,7 +502,7 @@ def make_loss_fn(
                 embedding=emb[ref] if D else None,
             )
             cond = drop_condition(prior, cond, cfg.p_uncond, gen)
-            return diffusion_loss(prior, z_all[target], cond, generator=gen)
+            return diffusion_loss(prior, z_all[target], cond, generator=gen, snr_gamma=cfg.snr_gamma)
 
         return loss_fn, context
 
@@ -531,7 +534,7 @@ def make_loss_fn(
             t = torch.randint(
                 0, prior.schedule.num_timesteps, (B // N,), generator=gen
             ).repeat_interleave(N)
-            return diffusion_loss(prior, z_all[idx], cond, t=t, generator=gen)
+            return diffusion_loss(prior, z_all[idx], cond, t=t, generator=gen, snr_gamma=cfg.snr_gamma)
 
         return loss_fn, {**context, "grouped": grouped}
 
@@ -707,6 +710,7 @@ def train_prior(
         "latent": vae is not None,
         "batch_size": cfg.batch_size,
         "lr_schedule": cfg.lr_schedule,
+        "snr_gamma": cfg.snr_gamma,
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in _trainable(prior).values()),
         "steps_per_s": result["steps_per_s"],
