@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from anyto3d.errors import InputError
-from anyto3d.losses.diffusion import diffusion_loss, diffusion_target, drop_condition, min_snr_weight
+from anyto3d.losses.diffusion import (
+    diffusion_loss,
+    diffusion_target,
+    draw_timesteps,
+    drop_condition,
+    min_snr_weight,
+)
 from anyto3d.losses.vsd import lora_finetune_loss, variational_score_distillation
 from anyto3d.priors.pixel import GaussianPixelPrior, PixelDiffusionPrior
 
@@ -123,6 +129,19 @@ def test_min_snr_weighting_by_hand():
                                diffusion_loss(prior, z0, cond, t, noise))
     with pytest.raises(InputError, match="snr_gamma"):
         diffusion_loss(prior, z0, cond, t, noise, snr_gamma=0.0)
+
+
+def test_draw_timesteps_uniform_or_towards_noise():
+    # power 1 is the plain uniform draw, bit for bit (the published recipes)
+    torch.testing.assert_close(draw_timesteps(1000, 64, torch.Generator().manual_seed(3)),
+                               torch.randint(0, 1000, (64,), generator=torch.Generator().manual_seed(3)))
+    # power 2: density 2t/T², so mean 2T/3 and a quarter of the draws below T/2
+    t = draw_timesteps(1000, 200_000, torch.Generator().manual_seed(0), power=2.0)
+    assert t.dtype == torch.int64 and int(t.min()) >= 0 and int(t.max()) == 999
+    assert float(t.double().mean()) == pytest.approx(666.2, abs=2.0)
+    assert float((t < 500).double().mean()) == pytest.approx(0.25, abs=0.005)
+    with pytest.raises(InputError, match="timestep_power"):
+        draw_timesteps(1000, 4, power=0.0)
 
 
 def test_drop_condition_uses_the_null_condition():

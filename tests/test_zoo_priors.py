@@ -574,21 +574,28 @@ def test_the_training_loop_follows_the_schedule(schedule, last_lr, views_dir, tm
 
 
 @pytest.mark.parametrize("kind", ["prior2d", "novelview", "multiview", "video"])
-def test_snr_gamma_reaches_every_priors_loss(kind, views_dir, tmp_path, monkeypatch):
+def test_loss_weighting_reaches_every_priors_loss(kind, views_dir, tmp_path, monkeypatch):
     import anyto3d.zoo.train_priors as tp
 
     prior = PRIOR_CLASSES[kind].build_tiny("test", seed=0, embedding_dim=8)
-    seen = []
-    monkeypatch.setattr(tp, "diffusion_loss", lambda prior, z0, cond, **kw: seen.append(kw["snr_gamma"]) or z0.sum())
+    seen, powers = [], []
+    monkeypatch.setattr(tp, "diffusion_loss", lambda prior, z0, cond, **kw: seen.append(kw) or z0.sum())
+    real_draw = tp.draw_timesteps
+    monkeypatch.setattr(tp, "draw_timesteps", lambda T, n, g, power: powers.append(power) or real_draw(T, n, g, power))
     data = views_dir
     if kind == "video":
         from anyto3d.zoo.dataset import render_clips
 
         data = tmp_path
         render_clips(OBJECTS[:1], data, motions=("spin",), clips_per_pair=1, n_frames=prior.config.num_frames, seed=0)
-    loss_fn, _ = make_loss_fn(kind, prior, data, None, TrainConfig(batch_size=4, snr_gamma=5.0), seed=0)
+    cfg = TrainConfig(batch_size=4, snr_gamma=5.0, timestep_power=2.0)
+    loss_fn, _ = make_loss_fn(kind, prior, data, None, cfg, seed=0)
     loss_fn(_gen(0))
-    assert seen == [5.0]
+    assert len(seen) == 1 and seen[0]["snr_gamma"] == 5.0
+    if kind == "multiview":  # one step per group of views, drawn by the loss function itself
+        assert powers == [2.0] and (seen[0]["t"].view(-1, 4) == seen[0]["t"][::4, None]).all()
+    else:
+        assert seen[0]["timestep_power"] == 2.0
 
 
 def test_training_resumes_exactly(views_dir, tmp_path):

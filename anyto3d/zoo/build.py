@@ -142,7 +142,7 @@ def build_encoder(kind: str, data: Path, steps: int, audio_steps: int | None, se
 
 def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkpoint_every: int, latent: bool = True,
                 turn_candidates: int = 2, train_views: str = "all", lr_schedule: str = "constant",
-                snr_gamma: float | None = None) -> dict:
+                snr_gamma: float | None = None, timestep_power: float = 1.0) -> dict:
     from safetensors.torch import load_file
 
     from anyto3d.module_io import CONFIG_NAME
@@ -150,7 +150,8 @@ def build_prior(kind: str, data: Path, steps: int, seed: int, batch: int, checkp
 
     out = _work_dir(data, kind)
     cfg = TrainConfig(batch_size=batch, checkpoint_every=checkpoint_every, progress=False,
-                      framed_only=train_views == "framed", lr_schedule=lr_schedule, snr_gamma=snr_gamma)
+                      framed_only=train_views == "framed", lr_schedule=lr_schedule, snr_gamma=snr_gamma,
+                      timestep_power=timestep_power)
     if kind == "novelview":  # the published novel-view prior's pairs (TrainConfig, MODEL_CARD session 6)
         cfg.pair_exclude_self, cfg.pair_turn_candidates = True, turn_candidates
     if kind == "vae":
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--snr-gamma", type=float, default=None,
                         help="priors: weight the diffusion loss by Min-SNR-γ with this γ (TrainConfig.snr_gamma; "
                         "default: uniform, the published recipes)")
+    parser.add_argument("--timestep-power", type=float, default=1.0,
+                        help="priors: draw training steps with density ∝ t^(p−1), towards the noisy end for p > 1 "
+                        "(TrainConfig.timestep_power; default 1: uniform)")
     parser.add_argument("--latent", action=argparse.BooleanOptionalAction, default=True,
                         help="priors: train in the tiny VAE's latents (default) or in pixels (--no-latent)")
     args = parser.parse_args(argv)
@@ -246,7 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
         result = build_encoder(args.stage, data, args.steps, args.audio_steps, args.seed, args.audio_only)
     else:
         result = build_prior(args.stage, data, args.steps, args.seed, args.batch, args.checkpoint_every, args.latent,
-                             args.turn_candidates, args.train_views, args.lr_schedule, args.snr_gamma)
+                             args.turn_candidates, args.train_views, args.lr_schedule, args.snr_gamma,
+                             args.timestep_power)
     result = {k: v for k, v in result.items() if k != "loss_curve"}
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(result, indent=1, default=str))

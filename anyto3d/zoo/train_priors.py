@@ -65,7 +65,7 @@ from anyto3d.cameras import relative_camera
 from anyto3d.checkpoints import CheckpointManager
 from anyto3d.errors import InputError
 from anyto3d.images import prior_to_renderer, renderer_to_prior, to_uint8
-from anyto3d.losses.diffusion import diffusion_loss, drop_condition
+from anyto3d.losses.diffusion import diffusion_loss, draw_timesteps, drop_condition
 from anyto3d.priors.base import Condition, Prior
 from anyto3d.zoo.priors import (
     PRIOR_CLASSES,
@@ -95,6 +95,9 @@ class TrainConfig:
     # Min-SNR-γ loss weighting (anyto3d.losses.diffusion.min_snr_weight); None: uniform in the
     # raw target, the published recipes
     snr_gamma: float | None = None
+    # draw training steps with density ∝ t^(power−1) (anyto3d.losses.diffusion.draw_timesteps);
+    # 1: uniform, the published recipes
+    timestep_power: float = 1.0
     # Novel-view pairs only. A target's reference is one of the other views of its object at its
     # lens, never the target itself (with the uniform draw, 16 % of pairs were the view itself: a
     # lesson in copying the reference), and of ``pair_turn_candidates`` such draws the one turned
@@ -420,6 +423,7 @@ def make_loss_fn(
     data the sample sheet needs."""
     B = cfg.batch_size
     D = prior.config.embedding_dim
+    weighting = {"snr_gamma": cfg.snr_gamma, "timestep_power": cfg.timestep_power}
     if kind == "video":
         clips, arrays, index = load_clips(data_dir)
         F_ = prior.config.num_frames
@@ -450,7 +454,7 @@ def make_loss_fn(
             cond = drop_condition(
                 prior, prior.build_condition(emb[idx]), cfg.p_uncond, gen
             )
-            return diffusion_loss(prior, z_all[idx], cond, generator=gen, snr_gamma=cfg.snr_gamma)
+            return diffusion_loss(prior, z_all[idx], cond, generator=gen, **weighting)
 
         return loss_fn, {"z": z_all, "embeddings": emb, "captions": index["captions"]}
 
@@ -472,7 +476,7 @@ def make_loss_fn(
             level = top * torch.rand(B, generator=gen) ** 2
             cond = prior.build_condition(emb[idx], noise_level=level, generator=gen)
             cond = drop_condition(prior, cond, cfg.p_uncond, gen)
-            return diffusion_loss(prior, z_all[idx], cond, generator=gen, snr_gamma=cfg.snr_gamma)
+            return diffusion_loss(prior, z_all[idx], cond, generator=gen, **weighting)
 
         return loss_fn, context
 
@@ -502,7 +506,7 @@ def make_loss_fn(
                 embedding=emb[ref] if D else None,
             )
             cond = drop_condition(prior, cond, cfg.p_uncond, gen)
-            return diffusion_loss(prior, z_all[target], cond, generator=gen, snr_gamma=cfg.snr_gamma)
+            return diffusion_loss(prior, z_all[target], cond, generator=gen, **weighting)
 
         return loss_fn, context
 
@@ -531,9 +535,7 @@ def make_loss_fn(
                 )
             cond = prior.build_condition(emb[idx], cams.c2w[idx])
             cond = _drop_grouped(prior, cond, cfg.p_uncond, N, gen)
-            t = torch.randint(
-                0, prior.schedule.num_timesteps, (B // N,), generator=gen
-            ).repeat_interleave(N)
+            t = draw_timesteps(prior.schedule.num_timesteps, B // N, gen, cfg.timestep_power).repeat_interleave(N)
             return diffusion_loss(prior, z_all[idx], cond, t=t, generator=gen, snr_gamma=cfg.snr_gamma)
 
         return loss_fn, {**context, "grouped": grouped}
@@ -711,6 +713,7 @@ def train_prior(
         "batch_size": cfg.batch_size,
         "lr_schedule": cfg.lr_schedule,
         "snr_gamma": cfg.snr_gamma,
+        "timestep_power": cfg.timestep_power,
         "threads": torch.get_num_threads(),
         "parameters": sum(p.numel() for p in _trainable(prior).values()),
         "steps_per_s": result["steps_per_s"],
